@@ -1,0 +1,583 @@
+"""Child-server registry: every source IP that sent us a message, persisted and announced once.
+
+Owns `<state_dir>/children.json` (plus `.bak`, the previous good version, and `.tmp`). The file
+is only ever replaced whole (temp file, fsync, `os.replace`, fsync of the directory), so another
+process (`plura-relay children`, through `load_children`) can read it at any time and sees either
+the old or the new registry, never a mix. A file that is corrupt anyway (disk trouble, hand
+edits) is moved aside to `children.json.corrupt-<timestamp>` and the `.bak` is used instead.
+
+Format: `{"version":1,"children":[...]}` with one child object per line, so it also greps well.
+`messages`, `last_seen` and `hostname` of known children are written at most every
+`stats_save_interval_s` (and at `close()`): a crash loses at most that much of the counters.
+
+Announcement, once per child across restarts:
+- the INFO line `new child server <ip> (hostname <h>)` is emitted right after the first save
+  that contains the child. A child on disk has therefore had its line logged, and a restart
+  never logs it again; a crash before that save loses the record too, so the child is new again
+  when it next sends. (No `logged` flag is needed on disk; the only gap is a crash between the
+  fsync and the log call.) If the save fails, the line is logged anyway and the save retried.
+- the registration hooks (`Announcer`) run for children whose `announced` is false: new ones
+  after that same save, and at start every loaded child whose hook never succeeded. On success
+  `announced` becomes true and is saved. Hooks are at-least-once (a crash between the hook
+  succeeding and that save runs it again at start), so hook receivers should key on `ip`.
+
+Ownership: one process and one asyncio loop own the registry. If reception is ever spread over
+worker processes, the workers do not open the registry; they report `(ip, hostname,
+received_at, count)` to the owner, which calls `observe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import ipaddress
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import msgspec
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR = Path("/var/lib/plura-relay")
+REGISTRY_NAME = "children.json"
+FORMAT_VERSION = 1
+FILE_MODE = 0o644
+STATS_SAVE_INTERVAL_S = 30.0
+FAILURE_LOG_INTERVAL_S = 60.0
+HOOK_CONCURRENCY = 4
+HOOK_CLOSE_TIMEOUT_S = 1.0
+STDERR_TAIL_BYTES = 300
+
+
+class Child(msgspec.Struct):
+    """One child server as persisted, listed and sent to the registration hooks."""
+
+    ip: str
+    first_seen: float
+    last_seen: float
+    hostname: str
+    """Last HOSTNAME seen; invalid UTF-8 is kept as backslash escapes."""
+    messages: int
+    announced: bool
+    """The registration hooks succeeded (or none are configured)."""
+    via: str | None = None
+    """The relay the child's messages came through, if any."""
+
+
+class _File(msgspec.Struct):
+    children: list[Child]
+    version: int = FORMAT_VERSION
+
+
+class _Entry(msgspec.Struct, gc=False):
+    first_seen: float
+    last_seen: float
+    hostname: bytes | str  # bytes as received (decoded only when saved), str when loaded
+    messages: int
+    announced: bool
+    via: str | None
+
+
+_encoder = msgspec.json.Encoder()
+_Hook = Callable[[bytes], Awaitable[str | None]]
+"""A registration hook: delivers a child's JSON, returns None on success or why it failed."""
+
+
+def _text(hostname: bytes | str) -> str:
+    if isinstance(hostname, str):
+        return hostname
+    return hostname.decode("utf-8", "backslashreplace")
+
+
+class _RateLimitedLog:
+    """Logs a warning at most once per interval, counting the ones it swallowed."""
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._last = -math.inf
+        self._suppressed = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self._interval_s:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += " (%d similar messages suppressed)"
+            args = (*args, self._suppressed)
+        self._last, self._suppressed = now, 0
+        logger.warning(msg, *args)
+
+
+class Registry:
+    """The in-memory registry of one owner process, saved to `<state_dir>/children.json`.
+
+    `on_new(child)` is called synchronously from `observe` for each new IP (metrics, reporting).
+    Run `run_saver()` as a task and an `Announcer` (even without hooks: it then only marks
+    children announced), and call `close()` at shutdown.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        on_new: Callable[[Child], None] | None = None,
+        save_interval_s: float = 1.0,
+        stats_save_interval_s: float = STATS_SAVE_INTERVAL_S,
+    ) -> None:
+        self.path = Path(state_dir) / REGISTRY_NAME
+        self._on_new = on_new
+        self._save_interval_s = save_interval_s
+        self._stats_save_interval_s = stats_save_interval_s
+        self._entries: dict[str, _Entry] = {}
+        self._fresh: list[str] = []  # registered since the last save: to log and announce
+        self._unannounced: asyncio.Queue[str] = asyncio.Queue()
+        self._dirty = False
+        self._saved_at = time.monotonic()
+        self._generation = 0
+        # Guarded by _write_lock: a cancelled saver's thread may still be writing at close().
+        self._write_lock = threading.Lock()
+        self._written_generation = 0
+        self._written: bytes | None = None  # what children.json holds, if we know it is good
+        self._save_errors = _RateLimitedLog(FAILURE_LOG_INTERVAL_S)
+        self._load()
+
+    # -- hot path ---------------------------------------------------------------------------
+
+    def observe(self, ip: str, hostname: bytes, received_at: float, count: int = 1) -> None:
+        """Record `count` messages from `ip`: O(1), no allocation unless `ip` is new."""
+        entry = self._entries.get(ip)
+        if entry is None:
+            self._register(ip, hostname, received_at, count)
+            return
+        entry.last_seen = received_at
+        entry.hostname = hostname
+        entry.messages += count
+
+    def _register(self, ip: str, hostname: bytes, received_at: float, count: int) -> None:
+        entry = _Entry(received_at, received_at, hostname, count, False, None)
+        self._entries[ip] = entry
+        self._fresh.append(ip)
+        self._dirty = True
+        if self._on_new is not None:
+            self._on_new(self._child(ip, entry))
+
+    # -- queries ------------------------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        return len(self._entries)
+
+    def active(self, now: float, inactive_after_s: float) -> int:
+        """How many children were heard from in the last `inactive_after_s` seconds."""
+        since = now - inactive_after_s
+        return sum(1 for entry in self._entries.values() if entry.last_seen >= since)
+
+    def get(self, ip: str) -> Child | None:
+        entry = self._entries.get(ip)
+        return None if entry is None else self._child(ip, entry)
+
+    def children(self) -> list[Child]:
+        """A snapshot, in registration order."""
+        return [self._child(ip, entry) for ip, entry in self._entries.items()]
+
+    @staticmethod
+    def _child(ip: str, e: _Entry) -> Child:
+        hostname = _text(e.hostname)
+        return Child(ip, e.first_seen, e.last_seen, hostname, e.messages, e.announced, e.via)
+
+    # -- announcement ---------------------------------------------------------------------------
+
+    async def next_unannounced(self) -> Child:
+        """Wait for a child whose registration hooks have not succeeded yet."""
+        while True:
+            ip = await self._unannounced.get()
+            entry = self._entries.get(ip)
+            if entry is not None and not entry.announced:
+                return self._child(ip, entry)
+
+    def mark_announced(self, ip: str) -> None:
+        entry = self._entries.get(ip)
+        if entry is not None and not entry.announced:
+            entry.announced = True
+            self._dirty = True
+
+    def _announce_fresh(self, fresh: list[str]) -> None:
+        for ip in fresh:
+            logger.info("new child server %s (hostname %s)", ip, _text(self._entries[ip].hostname))
+            self._unannounced.put_nowait(ip)
+
+    # -- persistence --------------------------------------------------------------------------
+
+    async def run_saver(self) -> None:
+        """Save every `save_interval_s` when dirty, and counters every `stats_save_interval_s`."""
+        while True:
+            await asyncio.sleep(self._save_interval_s)
+            stale = time.monotonic() - self._saved_at >= self._stats_save_interval_s
+            if not (self._dirty or stale):
+                continue
+            data, generation, fresh = self._prepare()
+            try:
+                # fsync may take long on a busy disk: keep it off the loop
+                await asyncio.to_thread(self._write, data, generation)
+            except OSError as exc:
+                self._dirty = True
+                self._save_errors.warning("cannot save child registry %s: %s", self.path, exc)
+            finally:
+                self._announce_fresh(fresh)
+
+    def save(self) -> None:
+        """Write the registry now (blocking); raises OSError, leaving the old file intact."""
+        data, generation, fresh = self._prepare()
+        try:
+            self._write(data, generation)
+        except OSError:
+            self._dirty = True
+            raise
+        finally:
+            self._announce_fresh(fresh)
+
+    def close(self) -> None:
+        """Final save at shutdown; logs instead of raising."""
+        try:
+            self.save()
+        except OSError as exc:
+            logger.error("cannot save child registry %s: %s", self.path, exc)
+
+    def _prepare(self) -> tuple[bytes, int, list[str]]:
+        fresh, self._fresh = self._fresh, []
+        self._dirty = False
+        self._saved_at = time.monotonic()
+        self._generation += 1
+        parts = [_encoder.encode(self._child(ip, e)) for ip, e in self._entries.items()]
+        data = b'{"version":%d,"children":[\n%s\n]}\n' % (FORMAT_VERSION, b",\n".join(parts))
+        return data, self._generation, fresh
+
+    def _write(self, data: bytes, generation: int) -> None:
+        with self._write_lock:
+            if generation <= self._written_generation:
+                return  # a newer snapshot is already on disk
+            if data != self._written:
+                _replace_atomically(self.path, data, keep_backup=self._written is not None)
+                self._written = data
+            self._written_generation = generation
+
+    def _load(self) -> None:
+        try:
+            children, self._written = _read(self.path)
+        except FileNotFoundError:
+            children = self._load_backup()
+        except msgspec.DecodeError as exc:
+            self._set_aside(exc)
+            children = self._load_backup()
+        except OSError as exc:
+            logger.warning("cannot read child registry %s (%s); starting empty", self.path, exc)
+            children = []
+        for child in children:
+            c = child
+            entry = _Entry(c.first_seen, c.last_seen, c.hostname, c.messages, c.announced, c.via)
+            self._entries[c.ip] = entry
+            if not child.announced:
+                self._unannounced.put_nowait(child.ip)
+
+    def _set_aside(self, exc: Exception) -> None:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        aside = self.path.with_name(f"{REGISTRY_NAME}.corrupt-{stamp}")
+        try:
+            os.replace(self.path, aside)
+        except OSError as move_exc:
+            aside = Path(f"(not moved: {move_exc})")
+        logger.warning("child registry %s is corrupt (%s); set aside as %s", self.path, exc, aside)
+
+    def _load_backup(self) -> list[Child]:
+        backup = _backup_path(self.path)
+        try:
+            children, _ = _read(backup)
+        except FileNotFoundError:
+            return []
+        except (OSError, msgspec.DecodeError) as exc:
+            logger.warning("cannot use child registry backup %s (%s); starting empty", backup, exc)
+            return []
+        logger.warning("child registry restored from backup %s", backup)
+        self._dirty = True  # rewrite children.json soon
+        return children
+
+
+def _backup_path(path: Path) -> Path:
+    return path.with_name(path.name + ".bak")
+
+
+def _read(path: Path) -> tuple[list[Child], bytes]:
+    data = path.read_bytes()
+    return msgspec.json.decode(data, type=_File).children, data
+
+
+def _replace_atomically(path: Path, data: bytes, *, keep_backup: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    with open(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    if keep_backup:
+        _keep_backup(path)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _keep_backup(path: Path) -> None:
+    """Make the current (good) file the `.bak`, without a moment where `path` is missing."""
+    tmp = path.with_name(path.name + ".bak.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.link(path, tmp)  # path is only ever replaced, never rewritten: the link stays valid
+    except FileNotFoundError:
+        return
+    except OSError:
+        shutil.copyfile(path, tmp)  # a filesystem without hard links
+    os.replace(tmp, _backup_path(path))
+
+
+def load_children(state_dir: Path = DEFAULT_STATE_DIR) -> list[Child]:
+    """Read the registry of a running or stopped server, without changing any file.
+
+    A missing registry is empty; a corrupt one falls back to the `.bak` (with a warning).
+    Raises OSError only when the files exist but cannot be read (e.g. permissions).
+    """
+    path = Path(state_dir) / REGISTRY_NAME
+    for candidate in (path, _backup_path(path)):
+        try:
+            return _read(candidate)[0]
+        except FileNotFoundError:
+            continue
+        except msgspec.DecodeError as exc:
+            logger.warning("child registry %s is corrupt: %s", candidate, exc)
+    return []
+
+
+def format_table(children: Iterable[Child]) -> str:
+    """The human view of `plura-relay children`: one line per child, sorted by address."""
+    header = ("IP", "HOSTNAME", "MESSAGES", "FIRST SEEN", "LAST SEEN", "ANNOUNCED", "VIA")
+    rows: list[tuple[str, ...]] = [header]
+    rows += [_row(c) for c in sorted(children, key=_ip_key)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for row in rows:
+        cells = [row[i].rjust(w) if i == 2 else row[i].ljust(w) for i, w in enumerate(widths)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _row(c: Child) -> tuple[str, ...]:
+    first, last = _local_time(c.first_seen), _local_time(c.last_seen)
+    announced = "yes" if c.announced else "pending"
+    hostname = _printable(c.hostname) or "-"
+    return (c.ip, hostname, str(c.messages), first, last, announced, c.via or "-")
+
+
+def _ip_key(child: Child) -> tuple[int, int, int, str]:
+    try:
+        addr = ipaddress.ip_address(child.ip)
+    except ValueError:
+        return (1, 0, 0, child.ip)
+    return (0, addr.version, int(addr), "")
+
+
+def _printable(text: str) -> str:
+    # a hostname is remote input: keep control characters out of the operator's terminal
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def _local_time(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+class Announcer:
+    """Runs the registration hooks for each child the registry hands out, until they succeed.
+
+    `command` gets the child's JSON on stdin (success: exit status 0); `url` gets it as an HTTP
+    POST (success: 2xx). Each child retries on its own schedule (exponential backoff with
+    jitter, capped at `backoff_max_s`), so a failing child never holds up the others; at most
+    `concurrency` deliveries run at once. Failures are logged at most once a minute.
+    """
+
+    def __init__(
+        self,
+        *,
+        command: list[str] | None = None,
+        url: str | None = None,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 300.0,
+        timeout_s: float = 10.0,
+        concurrency: int = HOOK_CONCURRENCY,
+    ) -> None:
+        if url is not None:
+            _check_url(url)
+        self._command = command
+        self._url = url
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._timeout_s = timeout_s
+        self._slots = asyncio.Semaphore(concurrency)
+        self._failures = _RateLimitedLog(FAILURE_LOG_INTERVAL_S)
+        self._in_progress: set[str] = set()
+
+    async def run(self, registry: Registry) -> None:
+        hooks = self._hooks()
+        async with asyncio.TaskGroup() as tasks:
+            while True:
+                child = await registry.next_unannounced()
+                if not hooks:
+                    registry.mark_announced(child.ip)
+                elif child.ip not in self._in_progress:
+                    self._in_progress.add(child.ip)
+                    tasks.create_task(self._announce(registry, child, hooks))
+
+    def _hooks(self) -> dict[str, _Hook]:
+        hooks: dict[str, _Hook] = {}
+        if self._command:
+            hooks["command"] = self._run_command
+        if self._url is not None:
+            hooks["url"] = self._post
+        return hooks
+
+    async def _announce(self, registry: Registry, child: Child, hooks: dict[str, _Hook]) -> None:
+        body = _encoder.encode(child)
+        pending = dict(hooks)  # a hook that succeeded is not run again for this child
+        attempt = 0
+        while pending:
+            attempt += 1
+            async with self._slots:
+                errors = {name: await _attempt(deliver, body) for name, deliver in pending.items()}
+            pending = {name: pending[name] for name, error in errors.items() if error is not None}
+            if pending:
+                delay = self._delay(attempt)
+                reasons = "; ".join(f"{n}: {errors[n]}" for n in pending)
+                self._failures.warning(
+                    "registration hook for child server %s failed (attempt %d, %s);"
+                    " retrying in %.1fs",
+                    child.ip,
+                    attempt,
+                    reasons,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        registry.mark_announced(child.ip)
+        self._in_progress.discard(child.ip)
+        if attempt > 1:
+            logger.info(
+                "registration hook for child server %s succeeded (attempt %d)", child.ip, attempt
+            )
+
+    def _delay(self, attempt: int) -> float:
+        base = min(self._backoff_max_s, self._backoff_initial_s * 2.0 ** min(attempt - 1, 60))
+        return random.uniform(base / 2, base)  # jitter: children failing together spread out
+
+    async def _run_command(self, body: bytes) -> str | None:
+        assert self._command
+        proc = await asyncio.create_subprocess_exec(
+            *self._command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group: a timeout kills its children too
+        )
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                _, stderr = await proc.communicate(body)
+        except TimeoutError:
+            await _reap(proc)
+            return f"command timed out after {self._timeout_s:g}s"
+        except BaseException:
+            await _reap(proc)
+            raise
+        if proc.returncode == 0:
+            return None
+        tail = stderr[-STDERR_TAIL_BYTES:].decode("utf-8", "backslashreplace").strip()
+        return f"command exited with status {proc.returncode}" + (f": {tail}" if tail else "")
+
+    async def _post(self, body: bytes) -> str | None:
+        assert self._url is not None
+        target = urlsplit(self._url)
+        tls = ssl.create_default_context() if target.scheme == "https" else None
+        port = target.port or (443 if tls else 80)
+        connecting = asyncio.open_connection(target.hostname, port, ssl=tls)
+        reader, writer = await asyncio.wait_for(connecting, self._timeout_s)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                writer.write(_post_request(self._url, body))
+                await writer.drain()
+                status_line = await reader.readline()
+        finally:
+            writer.close()
+            try:
+                async with asyncio.timeout(HOOK_CLOSE_TIMEOUT_S):
+                    await writer.wait_closed()
+            except (OSError, TimeoutError):
+                writer.transport.abort()  # a peer that does not read or close: drop it
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+            return f"expecting an HTTP status line, got {status_line[:80]!r}"
+        status = int(parts[1])
+        return None if 200 <= status < 300 else f"HTTP status {status}"
+
+
+def _check_url(url: str) -> None:
+    target = urlsplit(url)
+    try:
+        port_ok = target.port is None or target.port > 0
+    except ValueError:
+        port_ok = False
+    if target.scheme not in ("http", "https") or not target.hostname or not port_ok:
+        raise ValueError(f"expecting an http:// or https:// registration hook URL, got {url!r}")
+
+
+async def _attempt(deliver: _Hook, body: bytes) -> str | None:
+    try:
+        return await deliver(body)
+    except Exception as exc:  # any failure of a hook is retried, never fatal
+        return f"{type(exc).__name__}: {exc}"
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    await proc.communicate()  # drain the pipes so the transport closes
+
+
+def _post_request(url: str, body: bytes) -> bytes:
+    target = urlsplit(url)
+    path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+    host = target.netloc.rpartition("@")[2]
+    headers = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}",
+        "User-Agent: plura-relay",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
+    if target.username is not None:
+        credentials = f"{target.username}:{target.password or ''}".encode()
+        headers.append(f"Authorization: Basic {base64.b64encode(credentials).decode()}")
+    return ("\r\n".join(headers) + "\r\n\r\n").encode() + body

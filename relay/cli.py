@@ -1,0 +1,165 @@
+"""Command line: `plura-relay serve | check-config | children | send`.
+
+Flags become overrides on top of the config file (only flags actually given override).
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from relay import __version__
+from relay.children import format_table as format_children
+from relay.children import load_children
+from relay.config import ConfigError, load_config, parse_address
+from relay.logs import setup_logging
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="plura-relay")
+def main() -> None:
+    """plura-relay: syslog receiver and relay for the PLURA SIEM.
+
+    Receives syslog (RFC 3164/5424) over UDP and TCP, writes one ceelog-<source ip>.log per
+    sender exactly as PLURA's rsyslog template does, and registers every sender as a child server.
+    """
+
+
+def _load(config: str | None, overrides: dict[str, Any]) -> Any:
+    try:
+        return load_config(config, overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option(
+    "--listen",
+    "-l",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Address to listen on, UDP and TCP (repeatable; IPv6 as [::1]:514). Default 0.0.0.0:514.",
+)
+@click.option("--log-dir", type=click.Path(file_okay=False), help="Where ceelog-<ip>.log files go.")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="Child registry location.")
+@click.option("--workers", type=int, help="Worker processes sharing the port (SO_REUSEPORT).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="Format of own logs.")
+def serve(
+    config: str | None,
+    listen: tuple[str, ...],
+    log_dir: str | None,
+    state_dir: str | None,
+    workers: int | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Receive syslog and write ceelog files until SIGTERM/SIGINT (SIGHUP reopens files)."""
+    given = {
+        "listen.addresses": list(listen) or None,
+        "output.log_dir": log_dir,
+        "state_dir": state_dir,
+        "workers": workers,
+        "log.level": log_level,
+        "log.format": log_format,
+    }
+    cfg = _load(config, {k: v for k, v in given.items() if v is not None})
+    setup_logging(cfg.log.level, cfg.log.format)
+    from relay.server import run  # uvloop is only needed by the server
+
+    try:
+        run(cfg)
+    except OSError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from exc
+
+
+@main.command("check-config")
+@click.argument("file", type=click.Path(dir_okay=False))
+def check_config(file: str) -> None:
+    """Validate FILE; exit 0 if it is valid, else print the error and exit 1."""
+    cfg = _load(file, {})
+    click.echo(f"{file}: OK ({len(cfg.listen.addresses)} listen address(es), "
+               f"log dir {cfg.output.log_dir})")  # fmt: skip
+
+
+@main.command()
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="Child registry location.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def children(config: str | None, state_dir: str | None, as_json: bool) -> None:
+    """List the child servers registered so far (works while the server runs or is stopped)."""
+    cfg = _load(config, {"state_dir": state_dir} if state_dir else {})
+    found = load_children(Path(cfg.state_dir))
+    if as_json:
+        click.echo(msgspec.json.format(msgspec.json.encode(found)).decode())
+    else:
+        click.echo(format_children(found))
+
+
+@main.command()
+@click.option("--tcp", is_flag=True, help="Send over TCP (default UDP).")
+@click.option("--octet-counting", is_flag=True, help="TCP framing `LEN SP MSG` (default LF).")
+@click.option("--rfc5424", is_flag=True, help="Build RFC 5424 headers (default RFC 3164).")
+@click.option("--raw", is_flag=True, help="Send MESSAGE bytes as given, without a header.")
+@click.option("--pri", type=click.IntRange(0, 191), default=13, show_default=True)
+@click.option("--hostname", default=socket.gethostname(), show_default=True)
+@click.option("--tag", default="plura-relay-send", show_default=True, help="Tag / APP-NAME.")
+@click.option("--source", metavar="IP", help="Bind the sending socket to this address.")
+@click.argument("target", metavar="HOST:PORT")
+@click.argument("message", nargs=-1, required=True)
+def send(
+    tcp: bool,
+    octet_counting: bool,
+    rfc5424: bool,
+    raw: bool,
+    pri: int,
+    hostname: str,
+    tag: str,
+    source: str | None,
+    target: str,
+    message: tuple[str, ...],
+) -> None:
+    """Send each MESSAGE as one syslog message to HOST:PORT (a test sender)."""
+    try:
+        host, port = parse_address(target)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="HOST:PORT") from exc
+    payloads = [
+        text.encode() if raw else _build(text, pri=pri, hostname=hostname, tag=tag, rfc5424=rfc5424)
+        for text in message
+    ]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
+    with socket.socket(family, kind) as sock:
+        if source:
+            sock.bind((source, 0))
+        if tcp:
+            sock.connect((host or "127.0.0.1", port))
+            framed = (b"%d %s" % (len(p), p) if octet_counting else p + b"\n" for p in payloads)
+            sock.sendall(b"".join(framed))
+        else:
+            for payload in payloads:
+                sock.sendto(payload, (host or "127.0.0.1", port))
+    click.echo(f"sent {len(payloads)} message(s) to {target} over {'TCP' if tcp else 'UDP'}",
+               err=True)  # fmt: skip
+
+
+def _build(text: str, *, pri: int, hostname: str, tag: str, rfc5424: bool) -> bytes:
+    now = time.time()
+    if rfc5424:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+        return f"<{pri}>1 {stamp} {hostname} {tag} - - - {text}".encode()
+    local = time.localtime(now)
+    stamp = f"{time.strftime('%b', local)} {local.tm_mday:2d} {time.strftime('%H:%M:%S', local)}"
+    return f"<{pri}>{stamp} {hostname} {tag}: {text}".encode()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The value type that crosses every stage, and the facility/severity tables.
+
+Fields are bytes, not str: rsyslog passes bytes >= 0x80 through untouched (invalid UTF-8
+included), and the ceelog line must carry them byte for byte.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+INVALID_PRI = -1
+"""`pri` of a message whose PRI part was present but not valid (rsyslog's "invld")."""
+
+DEFAULT_PRI = 13
+"""user.notice: what rsyslog assumes when a message has no PRI at all."""
+
+FACILITY_NAMES: tuple[str, ...] = (
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news",
+    "uucp", "cron", "authpriv", "ftp", "ntp", "audit", "alert", "clock",
+    "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+)  # fmt: skip
+SEVERITY_NAMES: tuple[str, ...] = (
+    "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
+)  # fmt: skip
+
+
+class SyslogMessage(msgspec.Struct, gc=False):
+    """One received syslog message, parsed as rsyslog parses it.
+
+    `hostname` is already resolved: the HOSTNAME field when the message has one, else the
+    sender's name (FROMHOST). `timestamp` is the header timestamp as received (b"" if none),
+    kept for forwarding; the ceelog line uses `received_at` instead.
+    """
+
+    pri: int
+    hostname: bytes
+    syslogtag: bytes
+    programname: bytes
+    msg: bytes
+    timestamp: bytes
+    received_at: float
+    peer: str
+    """FROMHOST-IP: the socket peer's address (IPv4-mapped IPv6 already unmapped)."""
+    raw: bytes = b""
+    """The frame as received (before sanitizing), for the `raw` template and forwarding."""
+
+    @property
+    def facility(self) -> int:
+        return self.pri >> 3 if self.pri >= 0 else -1
+
+    @property
+    def severity(self) -> int:
+        return self.pri & 7 if self.pri >= 0 else 7

@@ -1,0 +1,160 @@
+"""Per-file line writers: buffered appends, one write per file per flush, a bounded fd cache.
+
+Knows paths and bytes, not syslog. Lines are appended to an in-memory buffer per file name and
+written with O_APPEND on a short timer (and when a buffer grows large), so the hot path makes no
+system call. Each write carries whole lines only, so several processes may append to one file.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+FLUSH_THRESHOLD_BYTES = 256 * 1024  # a busy file is written before the timer fires
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+
+
+class FileSink:
+    """Appends lines to files under `directory` (names are relative, chosen by the caller)."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        max_open_files: int = 1024,
+        file_mode: int = 0o640,
+        dir_mode: int = 0o755,
+        fsync_on_close: bool = True,
+    ) -> None:
+        self.directory = Path(directory)
+        self.max_open_files = max_open_files
+        self.file_mode = file_mode
+        self.dir_mode = dir_mode
+        self.fsync_on_close = fsync_on_close
+        self._buffers: dict[str, list[bytes]] = {}
+        self._buffered_bytes: dict[str, int] = {}
+        self._fds: OrderedDict[str, int] = OrderedDict()  # LRU: oldest first
+        self.lines_written = 0
+        self.bytes_written = 0
+        self.lines_failed = 0
+        self.evictions = 0
+        self._last_error_log = 0.0
+
+    # -- hot path -------------------------------------------------------------------------
+    def append(self, name: str, line: bytes) -> None:
+        """Queue one complete line (LF-terminated) for `directory/name`."""
+        buffer = self._buffers.get(name)
+        if buffer is None:
+            self._buffers[name] = [line]
+            self._buffered_bytes[name] = len(line)
+            return
+        buffer.append(line)
+        size = self._buffered_bytes[name] + len(line)
+        self._buffered_bytes[name] = size
+        if size >= FLUSH_THRESHOLD_BYTES:
+            self._write(name)
+
+    # -- flushing -------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write every buffered line (one write per file)."""
+        for name in list(self._buffers):
+            self._write(name)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return sum(self._buffered_bytes.values())
+
+    @property
+    def open_files(self) -> int:
+        return len(self._fds)
+
+    def reopen(self) -> None:
+        """Close every file so the next write opens it by name again (logrotate's HUP)."""
+        self.flush()
+        for name in list(self._fds):
+            self._close(name)
+
+    def close(self) -> None:
+        self.flush()
+        for name in list(self._fds):
+            self._close(name, sync=self.fsync_on_close)
+
+    def _write(self, name: str) -> None:
+        lines = self._buffers.pop(name, None)
+        self._buffered_bytes.pop(name, None)
+        if not lines:
+            return
+        data = b"".join(lines)
+        try:
+            fd = self._fd(name)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            self.lines_failed += len(lines)
+            self._log_error(name, exc)
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                self._close(name)  # a bad descriptor or a vanished dir: reopen next time
+            return
+        self.lines_written += len(lines)
+        self.bytes_written += len(data)
+
+    def _fd(self, name: str) -> int:
+        fd = self._fds.get(name)
+        if fd is not None:
+            self._fds.move_to_end(name)
+            return fd
+        while len(self._fds) >= self.max_open_files:
+            oldest = next(iter(self._fds))
+            self._close(oldest)
+            self.evictions += 1
+        fd = self._open(self.directory / name)
+        self._fds[name] = fd
+        return fd
+
+    def _open(self, path: Path) -> int:
+        try:
+            fd = os.open(path, _OPEN_FLAGS | os.O_EXCL, self.file_mode)
+        except FileExistsError:
+            return os.open(path, _OPEN_FLAGS, self.file_mode)
+        except FileNotFoundError:
+            self._make_dirs(path.parent)
+            return self._open(path)
+        os.fchmod(fd, self.file_mode)  # the umask must not narrow or widen the mode
+        return fd
+
+    def _make_dirs(self, directory: Path) -> None:
+        missing = []
+        while not directory.exists():
+            missing.append(directory)
+            directory = directory.parent
+        for new in reversed(missing):
+            new.mkdir(exist_ok=True)
+            os.chmod(new, self.dir_mode)
+
+    def _close(self, name: str, *, sync: bool = False) -> None:
+        fd = self._fds.pop(name, None)
+        if fd is None:
+            return
+        try:
+            if sync:
+                os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def _log_error(self, name: str, exc: OSError) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= 10.0:  # one line per interval, not per message
+            self._last_error_log = now
+            logger.error(
+                "cannot write %s: %s (%d lines not written so far)",
+                self.directory / name, exc.strerror, self.lines_failed,
+            )  # fmt: skip

@@ -1,0 +1,98 @@
+"""TCP listener: RFC 6587 framing per connection (relay.framing), frames to `on_frame`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import cast
+
+from relay.framing import Framer
+from relay.transport.addresses import peer_ip
+
+logger = logging.getLogger(__name__)
+
+OnFrame = Callable[[bytes, str, float], None]
+
+
+class TcpConnection(asyncio.Protocol):
+    def __init__(self, server: TcpListener) -> None:
+        self._server = server
+        self._framer = server.new_framer()
+        self._on_frame = server.on_frame
+        self.peer = "?"
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.peer = peer_ip(transport.get_extra_info("peername") or ("?",))
+        self._server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._server.last_data = time.monotonic()
+        frames = self._framer.feed(data)
+        if frames:
+            now = time.time()
+            on_frame, peer = self._on_frame, self.peer
+            for frame in frames:
+                on_frame(frame, peer, now)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # a partial LF frame at close is still a message, as in rsyslog
+        frames = self._framer.close()
+        now = time.time()
+        for frame in frames:
+            self._on_frame(frame, self.peer, now)
+        self._server.account(self._framer)
+        self._server.connections.discard(self)
+
+
+class TcpListener:
+    """Owns the accepted connections of one listening socket and their framing settings."""
+
+    def __init__(
+        self, on_frame: OnFrame, *, max_message_bytes: int = 8096, oversize: str = "truncate"
+    ) -> None:
+        self.on_frame = on_frame
+        self.max_message_bytes = max_message_bytes
+        self.oversize = oversize
+        self.connections: set[TcpConnection] = set()
+        self.accepted = 0
+        self.truncated = 0
+        self.discarded_bytes = 0
+        self.server: asyncio.base_events.Server | None = None
+        self.last_data = 0.0
+
+    def new_framer(self) -> Framer:
+        self.accepted += 1
+        return Framer(max_msg_bytes=self.max_message_bytes, oversize=self.oversize)
+
+    def protocol(self) -> TcpConnection:
+        return TcpConnection(self)
+
+    def account(self, framer: Framer) -> None:
+        self.truncated += framer.truncated
+        self.discarded_bytes += framer.discarded_bytes
+
+    async def drain_and_close(self, timeout_s: float) -> None:
+        """Stop accepting; let open connections deliver what is in flight, then close them."""
+        if self.server is not None:
+            self.server.close()
+        deadline = time.monotonic() + timeout_s
+        # what senders already sent sits in the kernel's buffers: read until the connections
+        # have been quiet for a moment (or the drain time is up) before closing them
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if time.monotonic() - self.last_data >= 0.2:
+                break
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.close()
+        for _ in range(100):  # connection_lost runs on a later loop iteration
+            if not self.connections:
+                break
+            await asyncio.sleep(0.01)
