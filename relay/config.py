@@ -67,6 +67,10 @@ class ChildrenConfig(Base, frozen=True, forbid_unknown_fields=True):
     hook_url: str = ""
     """POSTed the child as JSON once per new child server; retried until a 2xx answer."""
     save_interval_s: PositiveFloat = 1.0
+    hook_backoff_initial_s: PositiveFloat = 1.0
+    """First retry delay of a failed hook; doubles (with jitter) up to hook_backoff_max_s."""
+    hook_backoff_max_s: PositiveFloat = 300.0
+    hook_timeout_s: PositiveFloat = 10.0
 
 
 class LogConfig(Base, frozen=True, forbid_unknown_fields=True):
@@ -122,14 +126,16 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
+    where = f"{path}: " if path is not None else ""
     try:
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
-        where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{exc}") from exc
     for address in config.listen.addresses:
         try:
             parse_address(address)
         except ValueError as exc:
-            raise ConfigError(f"listen.addresses: {exc}") from exc
+            raise ConfigError(
+                f"{where}listen.addresses: expected HOST:PORT with an IP address ({exc})"
+            ) from exc
     return config

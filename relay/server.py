@@ -130,9 +130,13 @@ async def serve(
             loop.add_signal_handler(signum, stop_event.set)
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, _reopen, server)
+    hooks = config.children
     announcer = Announcer(
-        command=list(config.children.hook_command) or None,
-        url=config.children.hook_url or None,
+        command=list(hooks.hook_command) or None,
+        url=hooks.hook_url or None,
+        backoff_initial_s=hooks.hook_backoff_initial_s,
+        backoff_max_s=hooks.hook_backoff_max_s,
+        timeout_s=hooks.hook_timeout_s,
     )
     await server.start_listeners()
     background = [

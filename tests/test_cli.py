@@ -1,0 +1,83 @@
+"""The command line through click's CliRunner (and one real server for `send`)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from relay.children import Registry
+from relay.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_command_has_help() -> None:
+    runner = CliRunner()
+    for command in ([], ["serve"], ["check-config"], ["children"], ["send"]):
+        result = runner.invoke(main, [*command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "Usage:" in result.output
+
+
+def test_check_config_ok_and_error(tmp_path: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(main, ["check-config", str(ROOT / "conf" / "plura-relay.toml")])
+    assert ok.exit_code == 0 and "OK" in ok.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[children]\nhook_url = 5\n")
+    result = runner.invoke(main, ["check-config", str(bad)])
+    assert result.exit_code == 1
+    assert "$.children.hook_url" in result.output
+
+
+def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("nope = 1\n")
+    result = CliRunner().invoke(main, ["serve", "--config", str(bad)])
+    assert result.exit_code == 1
+    assert "unknown field `nope`" in result.output
+
+
+def test_children_lists_the_registry(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    registry.observe("10.244.2.7", b"web-1", 1_700_000_000.0)
+    registry.observe("10.244.2.7", b"web-1", 1_700_000_001.0)
+    registry.close()
+    runner = CliRunner()
+    as_json = runner.invoke(main, ["children", "--state-dir", str(tmp_path), "--json"])
+    assert as_json.exit_code == 0
+    [child] = json.loads(as_json.output)
+    assert (child["ip"], child["hostname"], child["messages"]) == ("10.244.2.7", "web-1", 2)
+    table = runner.invoke(main, ["children", "--state-dir", str(tmp_path)])
+    assert "10.244.2.7" in table.output and "web-1" in table.output
+
+
+def test_send_builds_rfc3164_and_rfc5424(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(("127.0.0.1", 0))
+        port = receiver.getsockname()[1]
+        runner = CliRunner()
+        args = ["send", "--pri", "34", "--hostname", "pod-a", "--tag", "app", f"127.0.0.1:{port}"]
+        assert runner.invoke(main, [*args, "hello"]).exit_code == 0
+        assert (
+            runner.invoke(main, [*args[:-1], "--rfc5424", f"127.0.0.1:{port}", "hi"]).exit_code == 0
+        )
+        first, second = receiver.recv(9000), receiver.recv(9000)
+    assert first.startswith(b"<34>") and first.endswith(b" pod-a app: hello")
+    assert second.startswith(b"<34>1 ") and second.endswith(b" pod-a app - - - hi")
+
+
+def test_send_tcp_octet_counting() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        result = CliRunner().invoke(
+            main,
+            ["send", "--tcp", "--octet-counting", "--raw", f"127.0.0.1:{port}", "<13>a", "<13>bc"],
+        )
+        assert result.exit_code == 0, result.output
+        conn, _ = server.accept()
+        with conn:
+            assert conn.recv(100) == b"5 <13>a6 <13>bc"

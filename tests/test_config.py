@@ -1,0 +1,67 @@
+"""Config loading: defaults < file < overrides, typos and bad values rejected with the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relay.config import ConfigError, load_config, parse_address
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_config_is_the_defaults() -> None:
+    assert load_config(ROOT / "conf" / "plura-relay.toml") == load_config()
+
+
+def test_file_overrides_defaults_and_flags_override_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('state_dir = "/a"\n[output]\nlog_dir = "/from-file"\nflush_interval_s = 0.5\n')
+    config = load_config(path, {"output.log_dir": "/from-flag"})
+    assert config.output.log_dir == "/from-flag"
+    assert config.output.flush_interval_s == 0.5
+    assert config.state_dir == "/a"
+    assert config.listen.addresses == ["0.0.0.0:514"]
+
+
+BAD = [
+    pytest.param("[output]\nlog_dirx = 1\n", "unknown field `log_dirx` - at `$.output`", id="typo"),
+    pytest.param("workers = 'x'\n", "Expected `int`, got `str` - at `$.workers`", id="type"),
+    pytest.param("workers = 0\n", "Expected `int` >= 1 - at `$.workers`", id="range"),
+    pytest.param("[listen]\noversize = 'cut'\n", "at `$.listen.oversize`", id="enum"),
+    pytest.param(
+        "[listen]\naddresses = ['1.2.3.4:99999']\n",
+        "listen.addresses: port out of range",
+        id="port",
+    ),
+    pytest.param(
+        "[listen]\naddresses = ['node1:514']\n", "listen.addresses", id="hostname-not-address"
+    ),
+    pytest.param("[listen\n", "Expected ']'", id="toml-syntax"),
+]
+
+
+@pytest.mark.parametrize(("text", "error"), BAD)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, error: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(path)
+    assert error in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_config_is_frozen() -> None:
+    config = load_config()
+    with pytest.raises(AttributeError):
+        config.workers = 2  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("127.0.0.1:514", ("127.0.0.1", 514)), ("[::1]:5514", ("::1", 5514)), ("10.244.2.1", ("10.244.2.1", 514)),
+     ("[::]", ("::", 514)), (":6514", ("", 6514))],
+)  # fmt: skip
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text) == expected
