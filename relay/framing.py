@@ -51,12 +51,13 @@ def truncate_datagram(data: bytes, max_msg_bytes: int = MAX_MSG_BYTES) -> bytes:
 class Framer:
     """One TCP connection's framer: `feed` bytes as they arrive, `close` at end of stream.
 
-    Frames are returned without their LF trailer or octet count. Counters: `truncated` counts
-    frames longer than `max_msg_bytes` (once per frame, in every mode); `discarded_bytes` counts
-    message bytes never delivered (oversize remainders, rsyslog's dropped bytes, partial frames
-    discarded at close, digits of a too-large octet count past `max_msg_bytes`); `framing_errors` counts what imtcp
-    logs as a framing error (octet count not followed by SP, count 0, count above
-    `max_frame_bytes`); `incomplete_at_close` counts octet-counted frames cut by the end of stream.
+    Frames are returned without their LF trailer or octet count. Counters:
+    - `truncated`: frames longer than `max_msg_bytes` (once per frame, in every mode);
+    - `discarded_bytes`: message bytes never delivered (oversize remainders, rsyslog's dropped
+      bytes, partial frames discarded at close, digits of a too-large count past the limit);
+    - `framing_errors`: what imtcp logs as a framing error (octet count not followed by SP,
+      count 0, count above `max_frame_bytes`);
+    - `incomplete_at_close`: octet-counted frames cut by the end of the stream.
     """
 
     def __init__(
@@ -182,7 +183,7 @@ class Framer:
 
     def _feed_count(self, data: bytes, pos: int, out: list[bytes]) -> int:
         match = _DIGITS.match(data, pos)
-        end = match.end()
+        end = match.end() if match else pos  # `[0-9]*` always matches
         if end > pos:
             self._add_digits(data[pos:end])
         if end == len(data):

@@ -7,30 +7,23 @@ strings; values are escaped only when they contain a byte that needs it.
 
 from __future__ import annotations
 
-import re
 import time
 
 from relay.message import FACILITY_NAMES, INVALID_PRI, SEVERITY_NAMES, SyslogMessage
 
-_NEEDS_ESCAPE = re.compile(rb'[\\"/\x00-\x1f]')
-_CONTROL_ESCAPES = {
-    **{bytes([byte]): b"\\u%04X" % byte for byte in range(0x20)},
-    b"\b": b"\\b",
-    b"\f": b"\\f",
-    b"\n": b"\\n",
-    b"\r": b"\\r",
-    b"\t": b"\\t",
-    b"\\": b"\\\\",
-    b'"': b'\\"',
-    b"/": b"\\/",
-}
-
 
 def escape(value: bytes) -> bytes:
-    """rsyslog's jsonf escaping: `"` `\\` and `/` are escaped, bytes >= 0x80 pass through raw."""
-    if _NEEDS_ESCAPE.search(value) is None:
-        return value
-    return _NEEDS_ESCAPE.sub(lambda m: _CONTROL_ESCAPES[m[0]], value)
+    """rsyslog's jsonf escaping: `\\` `"` and `/` are escaped, bytes >= 0x80 pass through raw.
+
+    Control bytes never reach a template: parsing has already turned them into `#ooo`.
+    """
+    if b"\\" in value:
+        value = value.replace(b"\\", b"\\\\")
+    if b'"' in value:
+        value = value.replace(b'"', b'\\"')
+    if b"/" in value:
+        value = value.replace(b"/", b"\\/")
+    return value
 
 
 def _pri_fields(pri: int) -> bytes:
@@ -50,8 +43,11 @@ def _pri_fields(pri: int) -> bytes:
 _PRI_FIELDS: tuple[bytes, ...] = tuple(_pri_fields(pri) for pri in (*range(192), INVALID_PRI))
 
 
+_THREE_DIGITS: tuple[bytes, ...] = tuple(b"%03d" % n for n in range(1000))
+
+
 class Clock:
-    """rsyslog's `dateFormat="rfc3339"` for timegenerated, cached per second."""
+    """rsyslog's `dateFormat="rfc3339"` for timegenerated: the parts of a second are cached."""
 
     __slots__ = ("_prefix", "_second", "_suffix")
 
@@ -60,8 +56,8 @@ class Clock:
         self._prefix = b""
         self._suffix = b""
 
-    def rfc3339(self, timestamp: float) -> bytes:
-        """`YYYY-MM-DDTHH:MM:SS.ffffff+HH:MM` in the local zone (never `Z`)."""
+    def parts(self, timestamp: float) -> tuple[bytes, bytes, bytes, bytes]:
+        """`YYYY-MM-DDTHH:MM:SS.`, milliseconds, microseconds, `+HH:MM` (local zone, never `Z`)."""
         second = int(timestamp)
         if second != self._second:
             local = time.localtime(second)
@@ -70,8 +66,17 @@ class Clock:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", local).encode()
             self._suffix = f"{sign}{abs(offset) // 60:02d}:{abs(offset) % 60:02d}".encode()
             self._second = second
-        micros = int((timestamp - second) * 1_000_000)
-        return b"%s%06d%s" % (self._prefix, micros, self._suffix)
+        # scale first: (timestamp - second) would lose the last microsecond to float rounding
+        micros = min(int(timestamp * 1_000_000) - second * 1_000_000, 999_999)
+        return (
+            self._prefix,
+            _THREE_DIGITS[micros // 1000],
+            _THREE_DIGITS[micros % 1000],
+            self._suffix,
+        )
+
+    def rfc3339(self, timestamp: float) -> bytes:
+        return b"".join(self.parts(timestamp))
 
 
 class CeeTemplate:
@@ -83,10 +88,14 @@ class CeeTemplate:
         self._clock = Clock()
 
     def render(self, message: SyslogMessage) -> bytes:
+        prefix, millis, micros, offset = self._clock.parts(message.received_at)
         return b"".join(
             (
                 b'{"ceelog": {"timegenerated":"',
-                self._clock.rfc3339(message.received_at),
+                prefix,
+                millis,
+                micros,
+                offset,
                 b'", "programname":"',
                 escape(message.programname),
                 b'", "hostname":"',

@@ -161,22 +161,24 @@ async def test_registry_records_children(tmp_path: Path) -> None:
 
 
 async def test_hook_announces_each_child_once_across_restarts(tmp_path: Path) -> None:
-    hook_log = tmp_path / "hook.log"
-    hook = {"children.hook_command": ["sh", "-c", f"cat >> {hook_log}; echo >> {hook_log}"]}
+    hook_dir = tmp_path / "hook"
+    hook_dir.mkdir()
+    # hooks run concurrently: one file per call
+    hook = {"children.hook_command": ["sh", "-c", f"cat > $(mktemp -p {hook_dir})"]}
 
     async def session(sources: list[str]) -> None:
         async with running_server(tmp_path, hook) as srv:
             for source in sources:
                 send_udp(srv.port, MESSAGES[:1], source=source)
                 await wait_for_lines(srv.file(source), 1)
-            await _wait_until(lambda: _announced(hook_log) >= len(seen | set(sources)))
+            await _wait_until(lambda: _announced(hook_dir) >= len(seen | set(sources)))
             seen.update(sources)
 
     seen: set[str] = set()
     await session(["127.0.0.2", "127.0.0.3"])
     await session(["127.0.0.2", "127.0.0.3", "127.0.0.4"])
     await asyncio.sleep(0.3)
-    announced = [json.loads(x)["ip"] for x in hook_log.read_text().split("\n") if x.strip()]
+    announced = [json.loads(p.read_text())["ip"] for p in hook_dir.iterdir()]
     assert sorted(announced) == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 
 
@@ -254,8 +256,8 @@ def test_registry_survives_restart(
     assert logs.count("new child server 127.0.0.3") == 1
 
 
-def _announced(path: Path) -> int:
-    return path.read_text().count('"ip"') if path.exists() else 0
+def _announced(directory: Path) -> int:
+    return sum(1 for p in directory.iterdir() if p.read_text().endswith("}"))
 
 
 async def _wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
