@@ -29,22 +29,17 @@ received_at, count)` to the owner, which calls `observe`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime as dt
 import ipaddress
 import logging
 import math
 import os
-import random
 import shutil
-import signal
-import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import msgspec
 
@@ -56,9 +51,6 @@ FORMAT_VERSION = 1
 FILE_MODE = 0o644
 STATS_SAVE_INTERVAL_S = 30.0
 FAILURE_LOG_INTERVAL_S = 60.0
-HOOK_CONCURRENCY = 4
-HOOK_CLOSE_TIMEOUT_S = 1.0
-STDERR_TAIL_BYTES = 300
 
 
 class Child(msgspec.Struct):
@@ -91,7 +83,6 @@ class _Entry(msgspec.Struct, gc=False):
 
 
 _encoder = msgspec.json.Encoder()
-_Hook = Callable[[bytes], Awaitable[str | None]]
 """A registration hook: delivers a child's JSON, returns None on success or why it failed."""
 
 
@@ -101,7 +92,7 @@ def _text(hostname: bytes | str) -> str:
     return hostname.decode("utf-8", "backslashreplace")
 
 
-class _RateLimitedLog:
+class RateLimitedLog:
     """Logs a warning at most once per interval, counting the ones it swallowed."""
 
     def __init__(self, interval_s: float) -> None:
@@ -151,7 +142,7 @@ class Registry:
         self._write_lock = threading.Lock()
         self._written_generation = 0
         self._written: bytes | None = None  # what children.json holds, if we know it is good
-        self._save_errors = _RateLimitedLog(FAILURE_LOG_INTERVAL_S)
+        self._save_errors = RateLimitedLog(FAILURE_LOG_INTERVAL_S)
         self._load()
 
     # -- hot path ---------------------------------------------------------------------------
@@ -410,174 +401,3 @@ def _printable(text: str) -> str:
 
 def _local_time(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-class Announcer:
-    """Runs the registration hooks for each child the registry hands out, until they succeed.
-
-    `command` gets the child's JSON on stdin (success: exit status 0); `url` gets it as an HTTP
-    POST (success: 2xx). Each child retries on its own schedule (exponential backoff with
-    jitter, capped at `backoff_max_s`), so a failing child never holds up the others; at most
-    `concurrency` deliveries run at once. Failures are logged at most once a minute.
-    """
-
-    def __init__(
-        self,
-        *,
-        command: list[str] | None = None,
-        url: str | None = None,
-        backoff_initial_s: float = 1.0,
-        backoff_max_s: float = 300.0,
-        timeout_s: float = 10.0,
-        concurrency: int = HOOK_CONCURRENCY,
-    ) -> None:
-        if url is not None:
-            _check_url(url)
-        self._command = command
-        self._url = url
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
-        self._timeout_s = timeout_s
-        self._slots = asyncio.Semaphore(concurrency)
-        self._failures = _RateLimitedLog(FAILURE_LOG_INTERVAL_S)
-        self._in_progress: set[str] = set()
-
-    async def run(self, registry: Registry) -> None:
-        hooks = self._hooks()
-        async with asyncio.TaskGroup() as tasks:
-            while True:
-                child = await registry.next_unannounced()
-                if not hooks:
-                    registry.mark_announced(child.ip)
-                elif child.ip not in self._in_progress:
-                    self._in_progress.add(child.ip)
-                    tasks.create_task(self._announce(registry, child, hooks))
-
-    def _hooks(self) -> dict[str, _Hook]:
-        hooks: dict[str, _Hook] = {}
-        if self._command:
-            hooks["command"] = self._run_command
-        if self._url is not None:
-            hooks["url"] = self._post
-        return hooks
-
-    async def _announce(self, registry: Registry, child: Child, hooks: dict[str, _Hook]) -> None:
-        body = _encoder.encode(child)
-        pending = dict(hooks)  # a hook that succeeded is not run again for this child
-        attempt = 0
-        while pending:
-            attempt += 1
-            async with self._slots:
-                errors = {name: await _attempt(deliver, body) for name, deliver in pending.items()}
-            pending = {name: pending[name] for name, error in errors.items() if error is not None}
-            if pending:
-                delay = self._delay(attempt)
-                reasons = "; ".join(f"{n}: {errors[n]}" for n in pending)
-                self._failures.warning(
-                    "registration hook for child server %s failed (attempt %d, %s);"
-                    " retrying in %.1fs",
-                    child.ip,
-                    attempt,
-                    reasons,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-        registry.mark_announced(child.ip)
-        self._in_progress.discard(child.ip)
-        if attempt > 1:
-            logger.info(
-                "registration hook for child server %s succeeded (attempt %d)", child.ip, attempt
-            )
-
-    def _delay(self, attempt: int) -> float:
-        base = min(self._backoff_max_s, self._backoff_initial_s * 2.0 ** min(attempt - 1, 60))
-        return random.uniform(base / 2, base)  # jitter: children failing together spread out
-
-    async def _run_command(self, body: bytes) -> str | None:
-        assert self._command
-        proc = await asyncio.create_subprocess_exec(
-            *self._command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group: a timeout kills its children too
-        )
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                _, stderr = await proc.communicate(body)
-        except TimeoutError:
-            await _reap(proc)
-            return f"command timed out after {self._timeout_s:g}s"
-        except BaseException:
-            await _reap(proc)
-            raise
-        if proc.returncode == 0:
-            return None
-        tail = stderr[-STDERR_TAIL_BYTES:].decode("utf-8", "backslashreplace").strip()
-        return f"command exited with status {proc.returncode}" + (f": {tail}" if tail else "")
-
-    async def _post(self, body: bytes) -> str | None:
-        assert self._url is not None
-        target = urlsplit(self._url)
-        tls = ssl.create_default_context() if target.scheme == "https" else None
-        port = target.port or (443 if tls else 80)
-        connecting = asyncio.open_connection(target.hostname, port, ssl=tls)
-        reader, writer = await asyncio.wait_for(connecting, self._timeout_s)
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                writer.write(_post_request(self._url, body))
-                await writer.drain()
-                status_line = await reader.readline()
-        finally:
-            writer.close()
-            try:
-                async with asyncio.timeout(HOOK_CLOSE_TIMEOUT_S):
-                    await writer.wait_closed()
-            except (OSError, TimeoutError):
-                writer.transport.abort()  # a peer that does not read or close: drop it
-        parts = status_line.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-            return f"expecting an HTTP status line, got {status_line[:80]!r}"
-        status = int(parts[1])
-        return None if 200 <= status < 300 else f"HTTP status {status}"
-
-
-def _check_url(url: str) -> None:
-    target = urlsplit(url)
-    try:
-        port_ok = target.port is None or target.port > 0
-    except ValueError:
-        port_ok = False
-    if target.scheme not in ("http", "https") or not target.hostname or not port_ok:
-        raise ValueError(f"expecting an http:// or https:// registration hook URL, got {url!r}")
-
-
-async def _attempt(deliver: _Hook, body: bytes) -> str | None:
-    try:
-        return await deliver(body)
-    except Exception as exc:  # any failure of a hook is retried, never fatal
-        return f"{type(exc).__name__}: {exc}"
-
-
-async def _reap(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    await proc.communicate()  # drain the pipes so the transport closes
-
-
-def _post_request(url: str, body: bytes) -> bytes:
-    target = urlsplit(url)
-    path = (target.path or "/") + (f"?{target.query}" if target.query else "")
-    host = target.netloc.rpartition("@")[2]
-    headers = [
-        f"POST {path} HTTP/1.1",
-        f"Host: {host}",
-        "User-Agent: plura-relay",
-        "Content-Type: application/json",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-    ]
-    if target.username is not None:
-        credentials = f"{target.username}:{target.password or ''}".encode()
-        headers.append(f"Authorization: Basic {base64.b64encode(credentials).decode()}")
-    return ("\r\n".join(headers) + "\r\n\r\n").encode() + body

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import uvloop
 
-from relay.children import Announcer, Registry
+from relay.children import Registry
 from relay.config import Config, parse_address
+from relay.hooks import Announcer
 from relay.hostnames import DnsHostnames
 from relay.pipeline import Pipeline
 from relay.sinks.files import FileSink

@@ -24,7 +24,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.children import Announcer, Child, Registry, format_table, load_children
+from relay.children import Child, Registry, format_table, load_children
+from relay.hooks import Announcer
 
 T0 = 1_700_000_000.0
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +72,7 @@ def new_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 @pytest.fixture(autouse=True)
 def _info_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="relay.children")
+    caplog.set_level(logging.INFO, logger="relay.hooks")
 
 
 # -- observe ----------------------------------------------------------------------------------
