@@ -5,6 +5,7 @@ Flags become overrides on top of the config file (only flags actually given over
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 import time
@@ -78,6 +79,22 @@ def serve(
         run(cfg)
     except OSError as exc:
         raise click.ClickException(f"cannot start: {exc}") from exc
+
+
+@main.command(hidden=True)
+@click.option("--index", type=int, required=True)
+@click.option("--report-fd", type=int, required=True)
+@click.option("--socket", "sockets", multiple=True, required=True)
+def worker(index: int, report_fd: int, sockets: tuple[str, ...]) -> None:
+    """Internal: one worker process of `serve --workers N` (started by the supervisor)."""
+    import uvloop
+
+    from relay.workers import run_worker, worker_config, worker_sockets
+
+    cfg = worker_config()
+    setup_logging(cfg.log.level, cfg.log.format, tag=f"worker {index}")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run_worker(cfg, worker_sockets(list(sockets)), report_fd))
 
 
 @main.command("check-config")

@@ -12,6 +12,10 @@ _encoder = msgspec.json.Encoder()
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, tag: str = "") -> None:
+        super().__init__()
+        self._tag = tag
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -20,17 +24,23 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self._tag:
+            entry["process"] = self._tag
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return _encoder.encode(entry).decode()
 
 
-def setup_logging(level: str = "info", fmt: str = "text") -> None:
+def setup_logging(level: str = "info", fmt: str = "text", *, tag: str = "") -> None:
+    """Own logs to stderr; `tag` names the process (e.g. a worker) in every line."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(tag))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        where = f" [{tag}]" if tag else ""
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

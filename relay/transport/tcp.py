@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import cast
@@ -51,6 +52,19 @@ class TcpConnection(asyncio.Protocol):
         self._server.connections.discard(self)
 
 
+def _accept_backlog(sock: socket.socket) -> list[socket.socket]:
+    accepted: list[socket.socket] = []
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return accepted
+        except OSError:  # the socket is closed or broken: nothing more to take
+            return accepted
+        conn.setblocking(False)
+        accepted.append(conn)
+
+
 class TcpListener:
     """Owns the accepted connections of one listening socket and their framing settings."""
 
@@ -78,10 +92,18 @@ class TcpListener:
         self.truncated += framer.truncated
         self.discarded_bytes += framer.discarded_bytes
 
-    async def drain_and_close(self, timeout_s: float) -> None:
-        """Stop accepting; let open connections deliver what is in flight, then close them."""
+    async def drain_and_close(self, timeout_s: float, sock: socket.socket | None = None) -> None:
+        """Stop accepting; let open connections deliver what is in flight, then close them.
+
+        Connections the kernel has completed but we have not accepted yet (`sock`'s backlog)
+        hold data their senders consider delivered: they are accepted and drained too.
+        """
+        backlog = _accept_backlog(sock) if sock is not None else []
         if self.server is not None:
             self.server.close()
+        loop = asyncio.get_running_loop()
+        for accepted in backlog:
+            await loop.connect_accepted_socket(self.protocol, accepted)
         deadline = time.monotonic() + timeout_s
         # what senders already sent sits in the kernel's buffers: read until the connections
         # have been quiet for a moment (or the drain time is up) before closing them

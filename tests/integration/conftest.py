@@ -18,13 +18,23 @@ from typing import Any
 import pytest
 
 from relay.config import Config, load_config
-from relay.server import Server, serve
+from relay.server import serve
+
+WORKERS = [1]  # set per test by the `workers` fixture
+
+
+@pytest.fixture(autouse=True, params=[1, 2], ids=["workers1", "workers2"])
+def workers(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Every integration test runs with one process and with two SO_REUSEPORT workers."""
+    WORKERS[0] = request.param
+    yield request.param
+    WORKERS[0] = 1
 
 
 class Running:
     """A server started by `serve()` in this event loop, stopped through the injected trigger."""
 
-    def __init__(self, server: Server, log_dir: Path, state_dir: Path) -> None:
+    def __init__(self, server: Any, log_dir: Path, state_dir: Path) -> None:
         self.server = server
         self.log_dir = log_dir
         self.state_dir = state_dir
@@ -47,11 +57,12 @@ async def running_server(
             "output.log_dir": str(log_dir),
             "state_dir": str(state_dir),
             "output.flush_interval_s": 0.05,
+            "workers": WORKERS[0],
             **(overrides or {}),
         },
     )
     stop = asyncio.Event()
-    ready: asyncio.Future[Server] = asyncio.get_running_loop().create_future()
+    ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(config, shutdown=stop.wait, on_ready=ready.set_result))
     done, _ = await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
@@ -131,7 +142,8 @@ class ServerProcess:
         self.args = [
             sys.executable, "-m", "relay", "serve",
             "--listen", f"127.0.0.1:{self.port}",
-            "--log-dir", str(self.log_dir), "--state-dir", str(self.state_dir), *extra,
+            "--log-dir", str(self.log_dir), "--state-dir", str(self.state_dir),
+            "--workers", str(WORKERS[0]), *extra,
         ]  # fmt: skip
         self.stderr_path = tmp_path / f"server-{self.port}.err"
         self.proc: subprocess.Popen[bytes] | None = None

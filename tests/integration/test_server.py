@@ -86,6 +86,7 @@ async def test_file_name_never_comes_from_message_text(tmp_path: Path) -> None:
 async def test_ipv6_listener(tmp_path: Path) -> None:
     async with running_server(tmp_path, {"listen.addresses": ["[::1]:0"]}) as srv:
         send_udp(srv.port, MESSAGES[:1], source="::1", host="::1")
+        await wait_for_lines(srv.file("::1"), 1)  # two senders: no order between them otherwise
         send_tcp(srv.port, lf(MESSAGES[1:2]), source="::1", host="::1")
         lines = await wait_for_lines(srv.file("::1"), 2)
     assert _fields(lines) == EXPECTED[:2]
@@ -94,6 +95,7 @@ async def test_ipv6_listener(tmp_path: Path) -> None:
 async def test_dual_stack_listener_writes_ipv4_peers_as_ipv4(tmp_path: Path) -> None:
     async with running_server(tmp_path, {"listen.addresses": ["[::]:0"]}) as srv:
         send_udp(srv.port, MESSAGES[:1], source="127.0.0.6")
+        await wait_for_lines(srv.file("127.0.0.6"), 1)
         send_tcp(srv.port, lf(MESSAGES[1:2]), source="127.0.0.6")
         lines = await wait_for_lines(srv.file("127.0.0.6"), 2)
     assert _fields(lines) == EXPECTED[:2]

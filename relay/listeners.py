@@ -1,0 +1,84 @@
+"""Listening sockets for the configured addresses, bound before any worker starts.
+
+Binding is separate from serving so that a supervisor can bind once and hand the same sockets to
+worker processes, and so that port 0 (tests) resolves to one port shared by UDP and TCP.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import NamedTuple
+
+from relay.config import ListenConfig, parse_address
+from relay.transport.addresses import bind_socket
+
+LISTEN_BACKLOG = 1024
+
+
+class BoundSocket(NamedTuple):
+    kind: str  # "udp" | "tcp"
+    host: str
+    port: int
+    sock: socket.socket
+
+
+def bind_listeners(listen: ListenConfig, *, copies: int = 1) -> list[list[BoundSocket]]:
+    """`copies` sets of sockets on the configured addresses, one set per worker process.
+
+    With several copies every socket has SO_REUSEPORT, so the kernel spreads UDP datagrams by
+    their source address and port (a sender's datagrams all reach the same worker, in order)
+    and TCP connections over the workers. Port 0 is resolved once, by the first TCP socket.
+    """
+    reuse_port = copies > 1
+    sets: list[list[BoundSocket]] = []
+    try:
+        first = _bind_set(listen, listen.addresses, reuse_port)
+        sets.append(first)
+        resolved = _resolved_addresses(listen, first)
+        for _ in range(copies - 1):
+            sets.append(_bind_set(listen, resolved, reuse_port))
+    except BaseException:
+        close_all([item for bound in sets for item in bound])
+        raise
+    return sets
+
+
+def close_all(bound: list[BoundSocket]) -> None:
+    for item in bound:
+        item.sock.close()
+
+
+def _bind_set(listen: ListenConfig, addresses: list[str], reuse_port: bool) -> list[BoundSocket]:
+    bound: list[BoundSocket] = []
+    try:
+        for address in addresses:
+            host, port = parse_address(address)
+            if listen.tcp:
+                sock = bind_socket(host, port, socket.SOCK_STREAM, reuse_port=reuse_port)
+                sock.listen(LISTEN_BACKLOG)  # connections queue even before a worker serves it
+                port = sock.getsockname()[1]  # port 0: UDP takes the same number
+                bound.append(BoundSocket("tcp", host, port, sock))
+            if listen.udp:
+                sock = bind_socket(
+                    host,
+                    port,
+                    socket.SOCK_DGRAM,
+                    reuse_port=reuse_port,
+                    rcvbuf_bytes=listen.rcvbuf_bytes,
+                )
+                bound.append(BoundSocket("udp", host, sock.getsockname()[1], sock))
+    except BaseException:
+        close_all(bound)
+        raise
+    return bound
+
+
+def _resolved_addresses(listen: ListenConfig, bound: list[BoundSocket]) -> list[str]:
+    """The configured addresses with port 0 replaced by the port actually bound."""
+    step = int(listen.tcp) + int(listen.udp)
+    resolved = []
+    for index, address in enumerate(listen.addresses):
+        host, _ = parse_address(address)
+        port = bound[index * step].port
+        resolved.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return resolved

@@ -1,0 +1,280 @@
+"""Several worker processes on one port (SO_REUSEPORT), and the supervisor that owns the registry.
+
+Each worker runs its own listeners, pipeline and file sink on its own copy of the sockets; the
+kernel hashes a UDP sender (address and port) to one socket, so a sender's messages stay in
+order, and spreads TCP connections. Workers append whole lines with O_APPEND, so two workers may
+share a file. The supervisor binds the sockets (and keeps them, so a worker that dies is
+restarted on the same sockets without losing what queued meanwhile), owns the child registry and
+its hooks, and forwards SIGHUP/SIGTERM. Workers report their sources to it over a pipe:
+`(ip, last hostname, last seen, messages)` per source, every REPORT_INTERVAL_S and at exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from relay.children import Registry
+from relay.config import Config
+from relay.listeners import BoundSocket, bind_listeners, close_all
+from relay.server import Server, Shutdown, install_signals, open_registry, remove_signals
+
+logger = logging.getLogger(__name__)
+
+REPORT_INTERVAL_S = 0.2
+RESTART_DELAY_S = 1.0
+STOP_TIMEOUT_S = 30.0
+STARTUP_TIMEOUT_S = 30.0
+CONFIG_ENV = "PLURA_RELAY_WORKER_CONFIG"
+
+Report = list[tuple[str, bytes, float, int]]
+_encode_report = msgspec.msgpack.Encoder().encode
+_decode_report = msgspec.msgpack.Decoder(Report).decode
+_LENGTH = struct.Struct("!I")
+
+
+class SourceTally:
+    """A worker's stand-in for the registry: sums what it saw per source until reported."""
+
+    __slots__ = ("_sources",)
+
+    def __init__(self) -> None:
+        self._sources: dict[str, list[Any]] = {}
+
+    def observe(self, ip: str, hostname: bytes, received_at: float, count: int = 1) -> None:
+        entry = self._sources.get(ip)
+        if entry is None:
+            self._sources[ip] = [hostname, received_at, count]
+        else:
+            entry[0] = hostname
+            entry[1] = received_at
+            entry[2] += count
+
+    def drain(self) -> Report:
+        sources, self._sources = self._sources, {}
+        return [(ip, e[0], e[1], e[2]) for ip, e in sources.items()]
+
+
+# -- worker side ------------------------------------------------------------------------------
+
+
+async def run_worker(config: Config, sockets: list[BoundSocket], report_fd: int) -> None:
+    """Serve on inherited sockets until SIGTERM/SIGINT, reporting sources to the supervisor."""
+    loop = asyncio.get_running_loop()
+    tally = SourceTally()
+    server = Server(config, sockets, observer=tally)
+    stop = asyncio.Event()
+    install_signals(stop.set, server.reopen)
+    # the supervisor sees every SIGINT of a terminal too; it decides when workers stop
+    loop.remove_signal_handler(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(report_fd, "wb"))
+
+    def report(*, always: bool = False) -> None:
+        sources = tally.drain()
+        if (sources or always) and not transport.is_closing():
+            payload = _encode_report(sources)
+            transport.write(_LENGTH.pack(len(payload)) + payload)
+
+    async def report_forever() -> None:
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL_S)
+            report()
+
+    await server.start_listeners()
+    report(always=True)  # the first report tells the supervisor this worker is serving
+    background = [
+        loop.create_task(server.flush_forever()),
+        loop.create_task(report_forever()),
+    ]
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        report()
+        transport.close()
+        remove_signals()
+
+
+def worker_sockets(specs: list[str]) -> list[BoundSocket]:
+    """`kind,fd,host,port` (as passed by the supervisor) -> sockets."""
+    sockets = []
+    for spec in specs:
+        kind, fd, host, port = spec.split(",", 3)
+        sock = socket.socket(fileno=int(fd))
+        sock.setblocking(False)
+        sockets.append(BoundSocket(kind, host, int(port), sock))
+    return sockets
+
+
+def worker_config() -> Config:
+    return msgspec.json.decode(os.environ[CONFIG_ENV], type=Config)
+
+
+# -- supervisor side --------------------------------------------------------------------------
+
+
+class _ReportReader(asyncio.Protocol):
+    """Length-prefixed reports from one worker, applied to the registry."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._buffer = bytearray()
+        self.ready = asyncio.get_running_loop().create_future()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(self._buffer)
+            if len(self._buffer) < _LENGTH.size + size:
+                return
+            payload = bytes(self._buffer[_LENGTH.size : _LENGTH.size + size])
+            del self._buffer[: _LENGTH.size + size]
+            if not self.ready.done():
+                self.ready.set_result(None)
+            for ip, hostname, last_seen, count in _decode_report(payload):
+                self._registry.observe(ip, hostname, last_seen, count)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for future in (self.ready, self.closed):
+            if not future.done():
+                future.set_result(None)
+
+
+class Worker:
+    """One worker process on its own set of sockets; restarted on the same sockets if it dies."""
+
+    def __init__(self, index: int, config: Config, sockets: list[BoundSocket], registry: Registry):
+        self.index = index
+        self.config = config
+        self.sockets = sockets
+        self.registry = registry
+        self.process: asyncio.subprocess.Process | None = None
+        self.reader: _ReportReader | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        read_fd, write_fd = os.pipe()
+        specs = [f"{s.kind},{s.sock.fileno()},{s.host},{s.port}" for s in self.sockets]
+        args = [sys.executable, "-m", "relay", "worker", "--index", str(self.index),
+                "--report-fd", str(write_fd)]  # fmt: skip
+        for spec in specs:
+            args += ["--socket", spec]
+        env = {**os.environ, CONFIG_ENV: msgspec.json.encode(self.config).decode()}
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *args, pass_fds=[write_fd, *(s.sock.fileno() for s in self.sockets)], env=env
+            )
+        finally:
+            os.close(write_fd)
+        _, protocol = await loop.connect_read_pipe(
+            lambda: _ReportReader(self.registry), os.fdopen(read_fd, "rb")
+        )
+        self.reader = protocol
+
+    async def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        """Until the worker serves (a SIGTERM before that would kill it without a drain)."""
+        if self.reader is not None:
+            await asyncio.wait_for(asyncio.shield(self.reader.ready), timeout_s)
+
+    def signal(self, signum: int) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signum)
+
+    async def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await self.wait_ready()
+        self.signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            logger.error("worker %d did not stop in %.0fs: killing it", self.index, STOP_TIMEOUT_S)
+            self.process.kill()
+            await self.process.wait()
+        if self.reader is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.reader.closed, 5.0)
+
+
+class Supervisor:
+    def __init__(self, config: Config, workers: list[Worker]) -> None:
+        self.config = config
+        self.workers = workers
+        self.bound = [(s.kind, s.host, s.port) for s in workers[0].sockets]
+        self.stopping = False
+
+    async def watch(self, worker: Worker) -> None:
+        """Restart a worker that exits on its own."""
+        while True:
+            assert worker.process is not None
+            code = await worker.process.wait()
+            if self.stopping:
+                return
+            logger.error("worker %d exited with status %s: restarting it", worker.index, code)
+            await asyncio.sleep(RESTART_DELAY_S)
+            if self.stopping:
+                return
+            await worker.start()
+
+    def forward(self, signum: int) -> None:
+        for worker in self.workers:
+            worker.signal(signum)
+
+
+async def supervise(
+    config: Config,
+    *,
+    shutdown: Shutdown | None = None,
+    on_ready: Callable[[Any], None] | None = None,
+) -> None:
+    loop = asyncio.get_running_loop()
+    registry, announcer = open_registry(config)
+    socket_sets = bind_listeners(config.listen, copies=config.workers)
+    workers = [Worker(i, config, sockets, registry) for i, sockets in enumerate(socket_sets)]
+    supervisor = Supervisor(config, workers)
+    stop_event = asyncio.Event()
+    if shutdown is None:
+        install_signals(stop_event.set, lambda: supervisor.forward(signal.SIGHUP))
+        shutdown = stop_event.wait
+    background = [loop.create_task(registry.run_saver()), loop.create_task(announcer.run(registry))]
+    try:
+        for worker in workers:
+            await worker.start()
+        await asyncio.gather(*(w.wait_ready() for w in workers))
+        background += [loop.create_task(supervisor.watch(w)) for w in workers]
+        for kind, host, port in supervisor.bound:
+            logger.info(
+                "listening on %s %s:%d (%d workers)", kind, host or "0.0.0.0", port, len(workers)
+            )
+        if on_ready is not None:
+            on_ready(supervisor)
+        await shutdown()
+        logger.info("shutting down %d workers", len(workers))
+    finally:
+        supervisor.stopping = True
+        await asyncio.gather(*(w.stop() for w in workers))
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        registry.close()
+        for sockets in socket_sets:
+            close_all(sockets)
+        if shutdown == stop_event.wait:
+            remove_signals()
