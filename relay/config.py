@@ -31,9 +31,10 @@ class ListenConfig(Base, frozen=True, forbid_unknown_fields=True):
     """SO_RCVBUF for UDP sockets (SO_RCVBUFFORCE is tried first when running as root)."""
     max_message_bytes: MessageBytes = 8096
     """Messages are cut at this size, as rsyslog's maxMessageSize (default 8096)."""
-    oversize: Literal["truncate", "split"] = "truncate"
+    oversize: Literal["truncate", "split", "rsyslog"] = "truncate"
     """TCP frames longer than max_message_bytes: keep the first part and count the rest as
-    dropped (`truncate`), or deliver every part as its own message (`split`, lossless)."""
+    dropped (`truncate`), deliver every part as its own message (`split`, lossless), or split
+    as rsyslog does, losing one byte at each cut (`rsyslog`, for comparisons only)."""
     drain_timeout_s: PositiveFloat = 1.0
     """At shutdown, how long open TCP connections may still deliver what is in flight."""
 

@@ -67,7 +67,7 @@ class Server:
         for bound in self.sockets:
             if bound.kind == "tcp":
                 tcp = TcpListener(
-                    self.pipeline.handle,
+                    self.pipeline.handle_batch,
                     max_message_bytes=listen.max_message_bytes,
                     oversize=listen.oversize,
                 )

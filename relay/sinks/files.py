@@ -60,6 +60,20 @@ class FileSink:
         if size >= FLUSH_THRESHOLD_BYTES:
             self._write(name)
 
+    def extend(self, name: str, lines: list[bytes]) -> None:
+        """Queue several complete lines for `directory/name`."""
+        size = sum(map(len, lines))
+        buffer = self._buffers.get(name)
+        if buffer is None:
+            self._buffers[name] = lines
+            self._buffered_bytes[name] = size
+        else:
+            buffer.extend(lines)
+            size += self._buffered_bytes[name]
+            self._buffered_bytes[name] = size
+        if size >= FLUSH_THRESHOLD_BYTES:
+            self._write(name)
+
     # -- flushing -------------------------------------------------------------------------
     def flush(self) -> None:
         """Write every buffered line (one write per file)."""

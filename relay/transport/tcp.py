@@ -14,14 +14,14 @@ from relay.transport.addresses import peer_ip
 
 logger = logging.getLogger(__name__)
 
-OnFrame = Callable[[bytes, str, float], None]
+OnFrames = Callable[[list[bytes], str, float], None]
 
 
 class TcpConnection(asyncio.Protocol):
     def __init__(self, server: TcpListener) -> None:
         self._server = server
         self._framer = server.new_framer()
-        self._on_frame = server.on_frame
+        self._on_frames = server.on_frames
         self.peer = "?"
         self.transport: asyncio.Transport | None = None
 
@@ -34,10 +34,7 @@ class TcpConnection(asyncio.Protocol):
         self._server.last_data = time.monotonic()
         frames = self._framer.feed(data)
         if frames:
-            now = time.time()
-            on_frame, peer = self._on_frame, self.peer
-            for frame in frames:
-                on_frame(frame, peer, now)
+            self._on_frames(frames, self.peer, time.time())
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -45,9 +42,8 @@ class TcpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         # a partial LF frame at close is still a message, as in rsyslog
         frames = self._framer.close()
-        now = time.time()
-        for frame in frames:
-            self._on_frame(frame, self.peer, now)
+        if frames:
+            self._on_frames(frames, self.peer, time.time())
         self._server.account(self._framer)
         self._server.connections.discard(self)
 
@@ -69,9 +65,9 @@ class TcpListener:
     """Owns the accepted connections of one listening socket and their framing settings."""
 
     def __init__(
-        self, on_frame: OnFrame, *, max_message_bytes: int = 8096, oversize: str = "truncate"
+        self, on_frames: OnFrames, *, max_message_bytes: int = 8096, oversize: str = "truncate"
     ) -> None:
-        self.on_frame = on_frame
+        self.on_frames = on_frames
         self.max_message_bytes = max_message_bytes
         self.oversize = oversize
         self.connections: set[TcpConnection] = set()

@@ -1,0 +1,1 @@
+"""Differential tests: plura-relay against a real rsyslogd."""
