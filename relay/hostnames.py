@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import time
 
 logger = logging.getLogger(__name__)
 
 MAX_PENDING_LOOKUPS = 64
+_HOSTNAME = re.compile(r"[A-Za-z0-9._-]{1,253}")
 
 
 class DnsHostnames:
@@ -39,7 +41,8 @@ class DnsHostnames:
         name = ip
         try:
             host, _ = await asyncio.get_running_loop().getnameinfo((ip, 0), socket.NI_NAMEREQD)
-            name = host
+            if _HOSTNAME.fullmatch(host):  # a PTR record is remote input: no odd bytes in lines
+                name = host
         except (OSError, UnicodeError):
             pass
         finally:

@@ -274,3 +274,17 @@ def _wait_sync(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+async def test_dns_fallback_names_the_sender(tmp_path: Path) -> None:
+    """rsyslog's FROMHOST: 127.0.0.1 is `localhost` in /etc/hosts; looked up off the hot path."""
+    async with running_server(tmp_path, {"hostname.fallback": "dns"}) as srv:
+        names: list[str] = []
+        for _ in range(50):
+            send_udp(srv.port, [b"<13>su: no hostname in this one"])
+            await asyncio.sleep(0.05)
+            names = [x["hostname"] for x in read_lines(srv.file("127.0.0.1"))]
+            if "localhost" in names:
+                break
+    assert names[-1] == "localhost"
+    assert set(names) <= {"127.0.0.1", "localhost"}  # the IP only until the answer came
