@@ -6,11 +6,15 @@ worker processes, and so that port 0 (tests) resolves to one port shared by UDP 
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import NamedTuple
 
 from relay.config import ListenConfig, parse_address
 from relay.transport.addresses import bind_socket
+from relay.transport.steering import steer_by_source_ip
+
+logger = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 1024
 
@@ -25,9 +29,10 @@ class BoundSocket(NamedTuple):
 def bind_listeners(listen: ListenConfig, *, copies: int = 1) -> list[list[BoundSocket]]:
     """`copies` sets of sockets on the configured addresses, one set per worker process.
 
-    With several copies every socket has SO_REUSEPORT, so the kernel spreads UDP datagrams by
-    their source address and port (a sender's datagrams all reach the same worker, in order)
-    and TCP connections over the workers. Port 0 is resolved once, by the first TCP socket.
+    With several copies every socket has SO_REUSEPORT and a BPF program picks the socket by the
+    sender's IP (relay.transport.steering): all of a sender's datagrams and connections reach
+    the same worker, so its lines keep their order. Port 0 is resolved once, by the first TCP
+    socket.
     """
     reuse_port = copies > 1
     sets: list[list[BoundSocket]] = []
@@ -37,10 +42,24 @@ def bind_listeners(listen: ListenConfig, *, copies: int = 1) -> list[list[BoundS
         resolved = _resolved_addresses(listen, first)
         for _ in range(copies - 1):
             sets.append(_bind_set(listen, resolved, reuse_port))
+        if copies > 1:
+            for bound in first:
+                _steer(bound, copies)
     except BaseException:
         close_all([item for bound in sets for item in bound])
         raise
     return sets
+
+
+def _steer(bound: BoundSocket, copies: int) -> None:
+    try:
+        steer_by_source_ip(bound.sock, copies)
+    except OSError as exc:
+        logger.warning(
+            "%s %s:%d: cannot steer senders to workers by source IP (%s); a sender using "
+            "several connections or ports may see its lines reordered",
+            bound.kind, bound.host, bound.port, exc,
+        )  # fmt: skip
 
 
 def close_all(bound: list[BoundSocket]) -> None:

@@ -288,3 +288,23 @@ async def test_dns_fallback_names_the_sender(tmp_path: Path) -> None:
                 break
     assert names[-1] == "localhost"
     assert set(names) <= {"127.0.0.1", "localhost"}  # the IP only until the answer came
+
+
+async def test_one_sender_over_many_connections_and_udp_keeps_its_order(tmp_path: Path) -> None:
+    """With workers, the kernel steers a sender's every socket to one worker (by source IP)."""
+    async with running_server(tmp_path) as srv:
+        sent = []
+        for seq in range(60):
+            payload = b"<13>Jan  5 10:11:12 h app: seq=%d" % seq
+            sent.append(f" seq={seq}")
+            if seq % 3 == 0:
+                send_udp(srv.port, [payload], source="127.0.0.9")
+            else:
+                send_tcp(
+                    srv.port,
+                    lf([payload]) if seq % 3 == 1 else octet([payload]),
+                    source="127.0.0.9",
+                )
+            await asyncio.sleep(0.005)  # sequential, as a sender's messages are
+        lines = await wait_for_lines(srv.file("127.0.0.9"), len(sent))
+    assert [x["msg"] for x in lines] == sent

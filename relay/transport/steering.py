@@ -1,0 +1,52 @@
+"""Steer each sender to one worker: a classic-BPF program on a SO_REUSEPORT group.
+
+Without it the kernel hashes address *and port*, so two connections (or a TCP connection and
+UDP datagrams) from one sender may reach different workers, and that sender's lines could be
+written out of arrival order. The program picks the socket from the source IP alone (IPv4, or
+the last 32 bits of an IPv6 address), so every message of a source goes through one worker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+import struct
+
+SO_ATTACH_REUSEPORT_CBPF = 51
+_SKF_NET_OFF = -0x100000  # negative offsets address the network (IP) header
+
+_LD_B_ABS, _LD_W_ABS = 0x30, 0x20
+_ALU_RSH_K, _ALU_XOR_X, _ALU_MOD_K = 0x74, 0xAC, 0x94
+_JMP_JEQ_K, _JMP_JA = 0x15, 0x05
+_MISC_TAX, _RET_A = 0x07, 0x16
+
+
+def _insn(code: int, k: int = 0, jt: int = 0, jf: int = 0) -> bytes:
+    return struct.pack("HBBI", code, jt, jf, k & 0xFFFFFFFF)
+
+
+def source_ip_program(sockets: int) -> bytes:
+    """index = (src ^ src >> 16) % sockets, src = the IPv4 source or IPv6's last 4 bytes."""
+    return b"".join(
+        (
+            _insn(_LD_B_ABS, _SKF_NET_OFF),  # A = version / IHL byte
+            _insn(_ALU_RSH_K, 4),
+            _insn(_JMP_JEQ_K, 6, jt=2),  # IPv6?
+            _insn(_LD_W_ABS, _SKF_NET_OFF + 12),  # IPv4 source address
+            _insn(_JMP_JA, 1),
+            _insn(_LD_W_ABS, _SKF_NET_OFF + 20),  # IPv6 source address, last 32 bits
+            _insn(_MISC_TAX),
+            _insn(_ALU_RSH_K, 16),
+            _insn(_ALU_XOR_X),
+            _insn(_ALU_MOD_K, sockets),
+            _insn(_RET_A),
+        )
+    )
+
+
+def steer_by_source_ip(sock: socket.socket, sockets: int) -> None:
+    """Attach the program to `sock`'s reuseport group (raises OSError where unsupported)."""
+    program = source_ip_program(sockets)
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("HxxxxxxP", len(program) // 8, ctypes.addressof(buffer))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
