@@ -55,7 +55,8 @@ class Pipeline:
         """Frames from one peer received together (a TCP read): one sink call, one registry
         update."""
         fromhost = self._hostnames.fromhost(peer) if self._hostnames is not None else None
-        render = self._template.render
+        render = self._template.render_at
+        timegenerated = self._template.timegenerated(received_at)
         max_bytes, rsyslog_sd = self._max, self._rsyslog_sd
         lines: list[bytes] = []
         append = lines.append
@@ -68,7 +69,7 @@ class Pipeline:
                 max_bytes=max_bytes,
                 rsyslog_sd=rsyslog_sd,
             )
-            append(render(message))
+            append(render(message, timegenerated))
         if not lines:
             return
         self._sink.extend(self._name(peer), lines)

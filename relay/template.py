@@ -79,32 +79,61 @@ class Clock:
         return b"".join(self.parts(timestamp))
 
 
-class CeeTemplate:
-    """Renders `SyslogMessage` -> one ceelog line (bytes, LF-terminated)."""
+HEADER_CACHE_ENTRIES = 4096
+_LINE_START = b'{"ceelog": {"timegenerated":"'
+_MSG_END = b'"}}\n'
 
-    __slots__ = ("_clock",)
+
+class CeeTemplate:
+    """Renders `SyslogMessage` -> one ceelog line (bytes, LF-terminated).
+
+    Everything between timegenerated and msg depends only on (programname, hostname,
+    syslogtag, pri), and a source sends the same few combinations again and again: that part
+    is rendered once and cached, so a line costs one lookup, one msg escape and one join.
+    """
+
+    __slots__ = ("_clock", "_headers")
 
     def __init__(self) -> None:
         self._clock = Clock()
+        self._headers: dict[tuple[bytes, bytes, bytes, int], bytes] = {}
 
     def render(self, message: SyslogMessage) -> bytes:
-        prefix, millis, micros, offset = self._clock.parts(message.received_at)
-        return b"".join(
+        return self.render_at(message, self._clock.rfc3339(message.received_at))
+
+    def timegenerated(self, received_at: float) -> bytes:
+        return self._clock.rfc3339(received_at)
+
+    def render_at(self, message: SyslogMessage, timegenerated: bytes) -> bytes:
+        """Render with a timegenerated already formatted (one per batch of a TCP read)."""
+        key = (message.programname, message.hostname, message.syslogtag, message.pri)
+        header = self._headers.get(key)
+        if header is None:
+            header = self._header(key)
+        msg = message.msg
+        if b"\\" in msg:
+            msg = msg.replace(b"\\", b"\\\\")
+        if b'"' in msg:
+            msg = msg.replace(b'"', b'\\"')
+        if b"/" in msg:
+            msg = msg.replace(b"/", b"\\/")
+        return b"".join((_LINE_START, timegenerated, header, msg, _MSG_END))
+
+    def _header(self, key: tuple[bytes, bytes, bytes, int]) -> bytes:
+        programname, hostname, syslogtag, pri = key
+        header = b"".join(
             (
-                b'{"ceelog": {"timegenerated":"',
-                prefix,
-                millis,
-                micros,
-                offset,
                 b'", "programname":"',
-                escape(message.programname),
+                escape(programname),
                 b'", "hostname":"',
-                escape(message.hostname),
+                escape(hostname),
                 b'", "syslogtag":"',
-                escape(message.syslogtag),
-                _PRI_FIELDS[message.pri],
+                escape(syslogtag),
+                _PRI_FIELDS[pri],
                 b'", "msg":"',
-                escape(message.msg),
-                b'"}}\n',
             )
         )
+        if len(self._headers) >= HEADER_CACHE_ENTRIES:
+            self._headers.clear()  # hostile variety: start over rather than grow
+        self._headers[key] = header
+        return header
