@@ -76,8 +76,12 @@ class Server:
                 )
                 self.tcp.append((tcp, bound))
             else:
-                udp = UdpListener(self.pipeline.handle, max_message_bytes=listen.max_message_bytes)
-                await loop.create_datagram_endpoint(lambda u=udp: u, sock=bound.sock)  # type: ignore[misc]
+                udp = UdpListener(
+                    bound.sock,
+                    self.pipeline.handle_batch,
+                    max_message_bytes=listen.max_message_bytes,
+                )
+                udp.start()
                 self.udp.append(udp)
             logger.info("listening on %s %s:%d", bound.kind, bound.host or "0.0.0.0", bound.port)
 
@@ -93,8 +97,7 @@ class Server:
 
     async def stop(self) -> None:
         for udp in self.udp:
-            if udp.transport is not None:
-                udp.transport.close()
+            udp.close()
         drain_s = self.config.listen.drain_timeout_s
         await asyncio.gather(*(tcp.drain_and_close(drain_s, b.sock) for tcp, b in self.tcp))
         self.sink.close()
