@@ -23,8 +23,18 @@ def test_loadtest_smoke_runs_against_both_servers(tmp_path: Path) -> None:
             pytest.fail(f"missing in CI: {missing}")
         pytest.skip(f"needs {missing}")
     result = subprocess.run(
-        [sys.executable, "-m", "loadtest", "-q", "smoke", "--servers", "rsyslog,plura-relay",
-         "--plura-args=--workers 2", "--out-dir", str(tmp_path)],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "loadtest",
+            "-q",
+            "smoke",
+            "--servers",
+            "rsyslog,plura-relay",
+            "--plura-args=--workers 2",
+            "--out-dir",
+            str(tmp_path),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
