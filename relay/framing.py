@@ -39,6 +39,7 @@ _START, _IN_LF, _IN_COUNT, _IN_OCTET, _SKIP_LF, _SKIP_OCTET = range(6)
 
 _DIGIT_FRAME: Final = re.compile(rb"\n[0-9]")  # an LF whose next frame is octet-counted
 _DIGITS: Final = re.compile(rb"[0-9]*")
+_OCTET_HEAD: Final = re.compile(rb"([1-9][0-9]{0,5}) ")  # a whole `LEN SP` header
 
 _Handler = Callable[[bytes, int, list[bytes]], int]
 
@@ -128,6 +129,9 @@ class Framer:
         if self._state == _START:
             self._cut = False
             if 0x30 <= data[pos] <= 0x39:
+                after = self._octet_frames(data, pos, out)
+                if after > pos:
+                    return after
                 self._state, self._count, self._lost_digits = _IN_COUNT, 0, 0
                 return pos
             self._state = _IN_LF
@@ -180,6 +184,24 @@ class Framer:
         return lf + 1
 
     # -- octet counting ------------------------------------------------------------------------
+
+    def _octet_frames(self, data: bytes, pos: int, out: list[bytes]) -> int:
+        """The common case in one loop: complete `LEN SP MSG` frames, LEN 1..max_msg_bytes
+        (and max_frame_bytes) without leading zeros. Anything else (a partial frame, an odd count) is left to the
+        state machine; returns where it stopped."""
+        head, end = _OCTET_HEAD.match, len(data)
+        limit = min(self.max_msg_bytes, self.max_frame_bytes)
+        match = head(data, pos)
+        while match is not None:
+            count = int(match[1])
+            start = match.end()
+            stop = start + count
+            if count > limit or stop > end:
+                break
+            out.append(data[start:stop])
+            pos = stop
+            match = head(data, pos)
+        return pos
 
     def _feed_count(self, data: bytes, pos: int, out: list[bytes]) -> int:
         match = _DIGITS.match(data, pos)
