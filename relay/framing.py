@@ -187,8 +187,8 @@ class Framer:
 
     def _octet_frames(self, data: bytes, pos: int, out: list[bytes]) -> int:
         """The common case in one loop: complete `LEN SP MSG` frames, LEN 1..max_msg_bytes
-        (and max_frame_bytes) without leading zeros. Anything else (a partial frame, an odd count) is left to the
-        state machine; returns where it stopped."""
+        (and max_frame_bytes) without leading zeros. Anything else (a partial frame, an odd
+        count) is left to the state machine; returns where it stopped."""
         head, end = _OCTET_HEAD.match, len(data)
         limit = min(self.max_msg_bytes, self.max_frame_bytes)
         match = head(data, pos)

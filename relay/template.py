@@ -80,8 +80,9 @@ class Clock:
 
 
 HEADER_CACHE_ENTRIES = 4096
-_LINE_START = b'{"ceelog": {"timegenerated":"'
-_MSG_END = b'"}}\n'
+HeaderKey = tuple[bytes, bytes, bytes, int]
+LINE_START = b'{"ceelog": {"timegenerated":"'
+LINE_END = b'"}}\n'
 
 
 class CeeTemplate:
@@ -92,11 +93,13 @@ class CeeTemplate:
     is rendered once and cached, so a line costs one lookup, one msg escape and one join.
     """
 
-    __slots__ = ("_clock", "_headers")
+    __slots__ = ("_clock", "headers")
 
     def __init__(self) -> None:
         self._clock = Clock()
-        self._headers: dict[tuple[bytes, bytes, bytes, int], bytes] = {}
+        self.headers: dict[HeaderKey, bytes] = {}
+        """(programname, hostname, syslogtag, pri) -> the line from `", "programname"` to
+        `"msg":"`; read directly by the pipeline's hot path, filled by `header()`."""
 
     def render(self, message: SyslogMessage) -> bytes:
         return self.render_at(message, self._clock.rfc3339(message.received_at))
@@ -107,19 +110,10 @@ class CeeTemplate:
     def render_at(self, message: SyslogMessage, timegenerated: bytes) -> bytes:
         """Render with a timegenerated already formatted (one per batch of a TCP read)."""
         key = (message.programname, message.hostname, message.syslogtag, message.pri)
-        header = self._headers.get(key)
-        if header is None:
-            header = self._header(key)
-        msg = message.msg
-        if b"\\" in msg:
-            msg = msg.replace(b"\\", b"\\\\")
-        if b'"' in msg:
-            msg = msg.replace(b'"', b'\\"')
-        if b"/" in msg:
-            msg = msg.replace(b"/", b"\\/")
-        return b"".join((_LINE_START, timegenerated, header, msg, _MSG_END))
+        header = self.headers.get(key) or self.header(key)
+        return b"".join((LINE_START, timegenerated, header, escape(message.msg), LINE_END))
 
-    def _header(self, key: tuple[bytes, bytes, bytes, int]) -> bytes:
+    def header(self, key: HeaderKey) -> bytes:
         programname, hostname, syslogtag, pri = key
         header = b"".join(
             (
@@ -133,7 +127,7 @@ class CeeTemplate:
                 b'", "msg":"',
             )
         )
-        if len(self._headers) >= HEADER_CACHE_ENTRIES:
-            self._headers.clear()  # hostile variety: start over rather than grow
-        self._headers[key] = header
+        if len(self.headers) >= HEADER_CACHE_ENTRIES:
+            self.headers.clear()  # hostile variety: start over rather than grow
+        self.headers[key] = header
         return header

@@ -1,0 +1,65 @@
+"""The pipeline's fused hot path must write exactly what render(parse(frame)) writes."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.parse import parse
+from relay.pipeline import Pipeline, ceelog_name
+from relay.template import CeeTemplate
+
+
+class Lines:
+    def __init__(self) -> None:
+        self.files: dict[str, list[bytes]] = {}
+
+    def append(self, name: str, line: bytes) -> None:
+        self.files.setdefault(name, []).append(line)
+
+    def extend(self, name: str, lines: list[bytes]) -> None:
+        self.files.setdefault(name, []).extend(lines)
+
+
+class Sources:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bytes, float, int]] = []
+
+    def observe(self, ip: str, hostname: bytes, received_at: float, count: int = 1) -> None:
+        self.seen.append((ip, hostname, received_at, count))
+
+
+HEADS = [
+    b"<30>Nov 26 21:00:01 web-7f9c nginx[1234]: ", b"<13>Jan  5 10:11:12 host01 app:",
+    b"<191>Dec 31 23:59:60 h.example.com a/b[1]: ", b"<0>Feb 29 00:00:00 x \"q\"\\: ",
+    b"<13>Jan  5 10:11:12 host01 ", b"<13>1 2024-01-05T10:11:12Z host01 app 42 - - ",
+    b"<13>Jan  5 10:11:12 su: ", b"no header at all ", b"<999>bad pri ",
+]  # fmt: skip
+BODIES = st.binary(max_size=60) | st.text(max_size=40).map(str.encode)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(HEADS), BODIES), min_size=1, max_size=5))
+def test_batch_lines_equal_render_of_parse(frames: list[tuple[bytes, bytes]]) -> None:
+    raw = [head + body for head, body in frames]
+    sink, sources = Lines(), Sources()
+    Pipeline(sink, observer=sources).handle_batch(raw, "127.0.0.9", 1_700_000_000.25)
+    template = CeeTemplate()
+    expected = [
+        template.render(parse(frame, received_at=1_700_000_000.25, peer="127.0.0.9"))
+        for frame in raw
+    ]
+    assert sink.files == {ceelog_name("127.0.0.9"): expected}
+    last = parse(raw[-1], received_at=0.0, peer="127.0.0.9")
+    assert sources.seen == [("127.0.0.9", last.hostname, 1_700_000_000.25, len(raw))]
+
+
+def test_single_frames_and_batches_agree() -> None:
+    frame = b"<34>Oct 11 22:14:15 mymachine su: 'su root' failed for lonvick on /dev/pts/8"
+    one, many = Lines(), Lines()
+    Pipeline(one).handle(frame, "10.0.0.1", 5.0)
+    Pipeline(many).handle_batch([frame], "10.0.0.1", 5.0)
+    assert one.files == many.files
+    assert one.files["ceelog-10.0.0.1.log"][0].endswith(
+        b'"msg":" \'su root\' failed for lonvick on \\/dev\\/pts\\/8"}}\n'
+    )
