@@ -9,11 +9,11 @@ from typing import Protocol
 
 from relay.message import SyslogMessage
 from relay.parse import MAX_MESSAGE_BYTES, parse
-from relay.parse.fast import PRI_VALUES, RFC3164
+from relay.parse.fast import CONTROL_BYTES, PRI_VALUES, RFC3164_HEADER
 from relay.parse.rfc3164 import TAG_MAX_BYTES
 from relay.template import LINE_END, LINE_START, CeeTemplate
 
-_fullmatch_3164 = RFC3164.fullmatch
+_match_3164 = RFC3164_HEADER.match
 
 
 class LineSink(Protocol):
@@ -72,9 +72,14 @@ class Pipeline:
         append = lines.append
         hostname = b""
         for frame in frames:
-            match = _fullmatch_3164(frame)
-            if match is not None and len(match[4]) <= TAG_MAX_BYTES:
-                pri, _, hostname, tag, program, msg = match.groups()
+            match = _match_3164(frame)
+            if (
+                match is not None
+                and len(match[4]) <= TAG_MAX_BYTES
+                and len(frame.translate(None, CONTROL_BYTES)) == len(frame)  # has_control
+            ):
+                pri, _, hostname, tag, program = match.groups()
+                msg = frame[match.end() :]
                 key = (program, hostname, tag, PRI_VALUES[pri])
                 header = headers.get(key) or header_for(key)
                 if b"\\" in msg:  # template.escape, inlined: this line runs per message

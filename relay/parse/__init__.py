@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from relay.message import DEFAULT_PRI, INVALID_PRI, SyslogMessage
-from relay.parse.fast import PRI_VALUES, RFC3164, RFC5424
+from relay.parse.fast import PRI_VALUES, RFC3164_HEADER, RFC5424_HEADER, has_control
 from relay.parse.rfc3164 import TAG_MAX_BYTES, parse_rfc3164
 from relay.parse.rfc5424 import parse_rfc5424
 
@@ -53,18 +53,20 @@ def parse(
 ) -> SyslogMessage:
     """Parse one frame. `fromhost` is the hostname used when the message carries none
     (rsyslog's FROMHOST; default: the peer's IP address). `rsyslog_sd`: see parse_rfc5424."""
-    fast = RFC3164.fullmatch(frame)
-    if fast is not None and len(fast[4]) <= TAG_MAX_BYTES:
-        pri, timestamp, hostname, tag, program, msg = fast.groups()
+    fast = RFC3164_HEADER.match(frame)
+    if fast is not None and len(fast[4]) <= TAG_MAX_BYTES and not has_control(frame):
+        pri, timestamp, hostname, tag, program = fast.groups()
+        msg = frame[fast.end() :]
         return SyslogMessage(
             PRI_VALUES[pri], hostname, tag, program, msg, timestamp, received_at, peer, frame
         )
-    fast = RFC5424.fullmatch(frame)
-    if fast is not None:
-        pri, timestamp, hostname, app, program, procid, msg = fast.groups()
+    fast = RFC5424_HEADER.match(frame)
+    if fast is not None and not has_control(frame):
+        pri, timestamp, hostname, app, program, procid = fast.groups()
         tag = app if procid == b"-" else b"%s[%s]" % (app, procid)
+        msg = frame[fast.end() :]
         return SyslogMessage(
-            PRI_VALUES[pri], hostname, tag, program, msg or b"", timestamp, received_at, peer, frame
+            PRI_VALUES[pri], hostname, tag, program, msg, timestamp, received_at, peer, frame
         )
     return _parse_general(frame, received_at, peer, fromhost, max_bytes, rsyslog_sd)
 
