@@ -41,8 +41,9 @@ class ListenConfig(Base, frozen=True, forbid_unknown_fields=True):
 
 class OutputConfig(Base, frozen=True, forbid_unknown_fields=True):
     log_dir: str = "/var/log/plura"
-    flush_interval_s: PositiveFloat = 0.2
-    """Buffered lines are written at least this often (rsyslog writes within about a second)."""
+    flush_interval_s: PositiveFloat = 0.02
+    """A received line is written at most this long after it arrived (batching the writes of
+    everything received meanwhile: one write per file)."""
     max_open_files: Annotated[int, msgspec.Meta(ge=1)] = 1024
     file_mode: Annotated[int, msgspec.Meta(ge=0, le=0o777)] = 0o640
     dir_mode: Annotated[int, msgspec.Meta(ge=0, le=0o777)] = 0o755

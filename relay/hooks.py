@@ -60,6 +60,7 @@ class Announcer:
         self._slots = asyncio.Semaphore(concurrency)
         self._failures = RateLimitedLog(FAILURE_LOG_INTERVAL_S)
         self._in_progress: set[str] = set()
+        self._delivering = 0
 
     async def run(self, registry: Registry) -> None:
         hooks = self._hooks()
@@ -71,6 +72,14 @@ class Announcer:
                 elif child.ip not in self._in_progress:
                     self._in_progress.add(child.ip)
                     tasks.create_task(self._announce(registry, child, hooks))
+
+    async def settle(self, timeout_s: float) -> None:
+        """Let deliveries already under way finish (a clean stop must not lose their result and
+        announce those children again at the next start); children waiting to retry don't
+        count."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._delivering and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
 
     def _hooks(self) -> dict[str, _Hook]:
         hooks: dict[str, _Hook] = {}
@@ -87,7 +96,13 @@ class Announcer:
         while pending:
             attempt += 1
             async with self._slots:
-                errors = {name: await _attempt(deliver, body) for name, deliver in pending.items()}
+                self._delivering += 1
+                try:
+                    errors = {
+                        name: await _attempt(deliver, body) for name, deliver in pending.items()
+                    }
+                finally:
+                    self._delivering -= 1
             pending = {name: pending[name] for name, error in errors.items() if error is not None}
             if pending:
                 delay = self._delay(attempt)

@@ -32,7 +32,10 @@ Shutdown = Callable[[], Awaitable[object]]
 
 
 class Server:
-    """Listeners -> pipeline -> files of one process; reports sources to `observer`."""
+    """Listeners -> pipeline -> files of one process; reports sources to `observer`.
+
+    Constructed inside the running event loop (the file sink schedules its flushes on it).
+    """
 
     def __init__(
         self, config: Config, sockets: list[BoundSocket], *, observer: SourceObserver
@@ -45,6 +48,8 @@ class Server:
             file_mode=out.file_mode,
             dir_mode=out.dir_mode,
             fsync_on_close=out.fsync_on_close,
+            flush_after_s=out.flush_interval_s,
+            schedule=asyncio.get_running_loop().call_later,
         )
         hostnames = None
         if config.hostname.fallback == "dns":
@@ -84,12 +89,6 @@ class Server:
                 udp.start()
                 self.udp.append(udp)
             logger.info("listening on %s %s:%d", bound.kind, bound.host or "0.0.0.0", bound.port)
-
-    async def flush_forever(self) -> None:
-        interval = self.config.output.flush_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            self.sink.flush()
 
     def reopen(self) -> None:
         logger.info("SIGHUP: reopening output files")
@@ -156,7 +155,6 @@ async def serve(
         shutdown = stop_event.wait
     await server.start_listeners()
     background = [
-        loop.create_task(server.flush_forever()),
         loop.create_task(registry.run_saver()),
         loop.create_task(announcer.run(registry)),
     ]
@@ -167,6 +165,7 @@ async def serve(
         logger.info("shutting down")
     finally:
         await server.stop()
+        await announcer.settle(config.children.hook_timeout_s)
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)

@@ -93,10 +93,7 @@ async def run_worker(config: Config, sockets: list[BoundSocket], report_fd: int)
 
     await server.start_listeners()
     report(always=True)  # the first report tells the supervisor this worker is serving
-    background = [
-        loop.create_task(server.flush_forever()),
-        loop.create_task(report_forever()),
-    ]
+    background = [loop.create_task(report_forever())]
     try:
         await stop.wait()
     finally:
@@ -270,6 +267,7 @@ async def supervise(
     finally:
         supervisor.stopping = True
         await asyncio.gather(*(w.stop() for w in workers))
+        await announcer.settle(config.children.hook_timeout_s)
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)

@@ -12,11 +12,13 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 FLUSH_THRESHOLD_BYTES = 256 * 1024  # a busy file is written before the timer fires
+Schedule = Callable[[float, Callable[[], None]], object]
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
@@ -31,7 +33,11 @@ class FileSink:
         file_mode: int = 0o640,
         dir_mode: int = 0o755,
         fsync_on_close: bool = True,
+        flush_after_s: float = 0.02,
+        schedule: Schedule | None = None,
     ) -> None:
+        """`schedule(delay, callback)` (an event loop's `call_later`) makes buffered lines get
+        written `flush_after_s` after the first of them arrived; without it, call `flush()`."""
         self.directory = Path(directory)
         self.max_open_files = max_open_files
         self.file_mode = file_mode
@@ -45,20 +51,14 @@ class FileSink:
         self.lines_failed = 0
         self.evictions = 0
         self._last_error_log = 0.0
+        self._flush_after_s = flush_after_s
+        self._schedule = schedule
+        self._flush_pending = False
 
     # -- hot path -------------------------------------------------------------------------
     def append(self, name: str, line: bytes) -> None:
         """Queue one complete line (LF-terminated) for `directory/name`."""
-        buffer = self._buffers.get(name)
-        if buffer is None:
-            self._buffers[name] = [line]
-            self._buffered_bytes[name] = len(line)
-            return
-        buffer.append(line)
-        size = self._buffered_bytes[name] + len(line)
-        self._buffered_bytes[name] = size
-        if size >= FLUSH_THRESHOLD_BYTES:
-            self._write(name)
+        self.extend(name, [line])
 
     def extend(self, name: str, lines: list[bytes]) -> None:
         """Queue several complete lines for `directory/name`."""
@@ -73,10 +73,14 @@ class FileSink:
             self._buffered_bytes[name] = size
         if size >= FLUSH_THRESHOLD_BYTES:
             self._write(name)
+        elif not self._flush_pending and self._schedule is not None:
+            self._flush_pending = True
+            self._schedule(self._flush_after_s, self.flush)
 
     # -- flushing -------------------------------------------------------------------------
     def flush(self) -> None:
         """Write every buffered line (one write per file)."""
+        self._flush_pending = False
         for name in list(self._buffers):
             self._write(name)
 
