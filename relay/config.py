@@ -24,7 +24,15 @@ class Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class ListenConfig(Base, frozen=True, forbid_unknown_fields=True):
     addresses: list[str] = msgspec.field(default_factory=lambda: ["0.0.0.0:514"])
-    """`HOST:PORT` (IPv6 as `[::1]:514`); each gets a UDP and a TCP listener."""
+    """`HOST:PORT` (IPv6 as `[::1]:514`); each gets a UDP and a TCP listener. `auto` or
+    `auto:PORT`: the address of the pod-network bridge (see `interface`)."""
+    interface: str = ""
+    """Bridge whose addresses `auto` binds to; "" tries cni0, docker0, then flannel's subnet."""
+    flannel_subnet_env: str = "/run/flannel/subnet.env"
+    """flannel's FLANNEL_SUBNET gives the bridge's .1 address before the bridge exists."""
+    freebind: bool = False
+    """Bind even to an address not (yet) on this host (IP_FREEBIND); `auto` sets it when it
+    binds to flannel's address ahead of the bridge."""
     udp: bool = True
     tcp: bool = True
     rcvbuf_bytes: Annotated[int, msgspec.Meta(ge=0)] = 8 * 1024 * 1024
@@ -75,6 +83,38 @@ class ChildrenConfig(Base, frozen=True, forbid_unknown_fields=True):
     hook_timeout_s: PositiveFloat = 10.0
 
 
+class RouteMatch(Base, frozen=True, forbid_unknown_fields=True):
+    """All given conditions must hold (an empty match matches everything)."""
+
+    programname_equals: str | None = None
+    programname_contains: str | None = None
+    syslogtag_equals: str | None = None
+    syslogtag_contains: str | None = None
+    facilities: list[Annotated[int, msgspec.Meta(ge=0, le=23)]] = msgspec.field(
+        default_factory=list
+    )
+    severity_max: Annotated[int, msgspec.Meta(ge=0, le=7)] | None = None
+    """Severities 0 (emerg) up to this one (6 = info and more important)."""
+    source_cidrs: list[str] = msgspec.field(default_factory=list)
+
+
+class Route(Base, frozen=True, forbid_unknown_fields=True):
+    name: str
+    file: str
+    """Output file: relative to output.log_dir, or absolute."""
+    template: Literal["ceelog", "msg", "raw"] = "ceelog"
+    """`ceelog` (PLURA's line), `msg` (the bare MSG: nginx's JSON access line), `raw` (the
+    message as received, control bytes escaped)."""
+    stop: bool = True
+    """Matching messages do not go on to later routes nor to their ceelog file."""
+    match: RouteMatch = msgspec.field(default_factory=RouteMatch)
+
+
+class MetricsConfig(Base, frozen=True, forbid_unknown_fields=True):
+    listen: str = "127.0.0.1:9514"
+    """HTTP `HOST:PORT` for /metrics, /healthz and /readyz; "" turns it off."""
+
+
 class LogConfig(Base, frozen=True, forbid_unknown_fields=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -88,7 +128,10 @@ class Config(Base, frozen=True, forbid_unknown_fields=True):
     parse: ParseConfig = msgspec.field(default_factory=ParseConfig)
     hostname: HostnameConfig = msgspec.field(default_factory=HostnameConfig)
     children: ChildrenConfig = msgspec.field(default_factory=ChildrenConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    route: list[Route] = msgspec.field(default_factory=list)
+    """`[[route]]` sections, tried in order for every message."""
 
 
 class ConfigError(ValueError):
@@ -114,6 +157,16 @@ def parse_address(text: str, default_port: int = 514) -> tuple[str, int]:
     return host, port
 
 
+def is_auto(address: str) -> bool:
+    if address == "auto":
+        return True
+    if not address.startswith("auto:"):
+        return False
+    if not address[5:].isdigit() or not 0 <= int(address[5:]) <= 65535:
+        raise ValueError(f"expected auto:PORT, got {address!r}")
+    return True
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the TOML file, then `overrides` (dotted keys, e.g. `output.log_dir`)."""
     raw: dict[str, Any] = {}
@@ -135,9 +188,17 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raise ConfigError(f"{where}{exc}") from exc
     for address in config.listen.addresses:
         try:
-            parse_address(address)
+            if not is_auto(address):
+                parse_address(address)
         except ValueError as exc:
             raise ConfigError(
-                f"{where}listen.addresses: expected HOST:PORT with an IP address ({exc})"
+                f"{where}listen.addresses: expected HOST:PORT with an IP address, or auto[:PORT]"
+                f" ({exc})"
             ) from exc
+    for index, route in enumerate(config.route):
+        for cidr in route.match.source_cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"{where}route[{index}].match.source_cidrs: {exc}") from exc
     return config

@@ -73,7 +73,9 @@ def _bind_set(listen: ListenConfig, addresses: list[str], reuse_port: bool) -> l
         for address in addresses:
             host, port = parse_address(address)
             if listen.tcp:
-                sock = bind_socket(host, port, socket.SOCK_STREAM, reuse_port=reuse_port)
+                sock = bind_socket(
+                    host, port, socket.SOCK_STREAM, reuse_port=reuse_port, freebind=listen.freebind
+                )
                 sock.listen(LISTEN_BACKLOG)  # connections queue even before a worker serves it
                 port = sock.getsockname()[1]  # port 0: UDP takes the same number
                 bound.append(BoundSocket("tcp", host, port, sock))
@@ -84,6 +86,7 @@ def _bind_set(listen: ListenConfig, addresses: list[str], reuse_port: bool) -> l
                     socket.SOCK_DGRAM,
                     reuse_port=reuse_port,
                     rcvbuf_bytes=listen.rcvbuf_bytes,
+                    freebind=listen.freebind,
                 )
                 bound.append(BoundSocket("udp", host, sock.getsockname()[1], sock))
     except BaseException:

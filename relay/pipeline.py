@@ -5,12 +5,15 @@ Holds no socket and opens no file. `handle` is the per-message hot path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
+from relay.config import Route
 from relay.message import SyslogMessage
 from relay.parse import MAX_MESSAGE_BYTES, parse
 from relay.parse.fast import CONTROL_BYTES, PRI_VALUES, RFC3164_HEADER
 from relay.parse.rfc3164 import TAG_MAX_BYTES
+from relay.routes import NO_ROUTE, Router, render_for_route
 from relay.template import LINE_END, LINE_START, CeeTemplate
 
 _match_3164 = RFC3164_HEADER.match
@@ -46,8 +49,10 @@ class Pipeline:
         hostnames: HostnameLookup | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         rsyslog_sd: bool = False,
+        routes: Sequence[Route] = (),
     ) -> None:
         self._sink = sink
+        self._router = Router(routes) if routes else None
         self._observer = observer
         self._hostnames = hostnames
         self._max = max_message_bytes
@@ -60,12 +65,12 @@ class Pipeline:
         """Frames from one peer received together (a TCP read or a UDP batch): one sink call,
         one registry update, one timegenerated (as rsyslog's imudp takes one per recvmmsg).
 
-        The hot path: a frame of the common RFC 3164 shape goes from the fast regex's groups
-        straight to the cached line header, without a SyslogMessage in between; the result is
-        what render(parse(frame)) gives (tests/test_pipeline.py checks it). Anything else takes
-        the general path.
+        The hot path: a frame of the common RFC 3164 shape that no route claims goes from the
+        fast regex's groups straight to the cached line header, without a SyslogMessage in
+        between; the result is what render(parse(frame)) gives (tests/test_pipeline.py checks
+        it). Anything else takes the general path.
         """
-        template = self._template
+        template, router = self._template, self._router
         timegenerated = template.timegenerated(received_at)
         headers, header_for = template.headers, template.header
         lines: list[bytes] = []
@@ -79,26 +84,36 @@ class Pipeline:
                 and len(frame.translate(None, CONTROL_BYTES)) == len(frame)  # has_control
             ):
                 pri, _, hostname, tag, program = match.groups()
-                msg = frame[match.end() :]
                 key = (program, hostname, tag, PRI_VALUES[pri])
-                header = headers.get(key) or header_for(key)
-                if b"\\" in msg:  # template.escape, inlined: this line runs per message
-                    msg = msg.replace(b"\\", b"\\\\")
-                if b'"' in msg:
-                    msg = msg.replace(b'"', b'\\"')
-                if b"/" in msg:
-                    msg = msg.replace(b"/", b"\\/")
-                append(b"".join((LINE_START, timegenerated, header, msg, LINE_END)))
-            else:
-                message = self._parse(frame, peer, received_at)
-                hostname = message.hostname
-                append(template.render_at(message, timegenerated))
-        if not lines:
-            return
-        self._sink.extend(self._name(peer), lines)
-        self.received += len(lines)
-        if self._observer is not None:
-            self._observer.observe(peer, hostname, received_at, len(lines))
+                if router is None or router.decide(program, tag, key[3], peer) is NO_ROUTE:
+                    msg = frame[match.end() :]
+                    header = headers.get(key) or header_for(key)
+                    if b"\\" in msg:  # template.escape, inlined: this line runs per message
+                        msg = msg.replace(b"\\", b"\\\\")
+                    if b'"' in msg:
+                        msg = msg.replace(b'"', b'\\"')
+                    if b"/" in msg:
+                        msg = msg.replace(b"/", b"\\/")
+                    append(b"".join((LINE_START, timegenerated, header, msg, LINE_END)))
+                    continue
+            message = self._parse(frame, peer, received_at)
+            hostname = message.hostname
+            if router is not None and self._route(router, message, peer, timegenerated):
+                continue
+            append(template.render_at(message, timegenerated))
+        if lines:
+            self._sink.extend(self._name(peer), lines)
+        self.received += len(frames)
+        if self._observer is not None and frames:
+            self._observer.observe(peer, hostname, received_at, len(frames))
+
+    def _route(self, router: Router, message: SyslogMessage, peer: str, at: bytes) -> bool:
+        """Write `message` to the files of the routes it matches; True if one of them stops."""
+        decision = router.decide(message.programname, message.syslogtag, message.pri, peer)
+        for target in decision.targets:
+            line = render_for_route(target.template, message, at, self._template)
+            self._sink.append(target.name, line)
+        return not decision.ceelog
 
     def _parse(self, frame: bytes, peer: str, received_at: float) -> SyslogMessage:
         return parse(
@@ -119,8 +134,4 @@ class Pipeline:
         return name
 
     def handle(self, frame: bytes, peer: str, received_at: float) -> None:
-        message = self._parse(frame, peer, received_at)
-        self._sink.append(self._name(peer), self._template.render(message))
-        self.received += 1
-        if self._observer is not None:
-            self._observer.observe(peer, message.hostname, received_at)
+        self.handle_batch([frame], peer, received_at)

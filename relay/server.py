@@ -14,10 +14,12 @@ import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import msgspec
 import uvloop
 
+from relay.bridge import USUAL_BRIDGES, find_bridge_address
 from relay.children import Registry
-from relay.config import Config
+from relay.config import Config, is_auto
 from relay.hooks import Announcer
 from relay.hostnames import DnsHostnames
 from relay.listeners import LISTEN_BACKLOG, BoundSocket, bind_listeners
@@ -29,6 +31,7 @@ from relay.transport.udp import UdpListener
 logger = logging.getLogger(__name__)
 
 Shutdown = Callable[[], Awaitable[object]]
+AUTO_RETRY_S = 1.0
 
 
 class Server:
@@ -60,6 +63,7 @@ class Server:
             hostnames=hostnames,
             max_message_bytes=config.listen.max_message_bytes,
             rsyslog_sd=config.parse.unterminated_sd == "rsyslog",
+            routes=config.route,
         )
         self.sockets = sockets
         self.bound = [(s.kind, s.host, s.port) for s in sockets]
@@ -120,17 +124,54 @@ def open_registry(config: Config) -> tuple[Registry, Announcer]:
     return registry, announcer
 
 
-def install_signals(on_stop: Callable[[], None], on_reopen: Callable[[], None]) -> None:
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_stop)
-    loop.add_signal_handler(signal.SIGHUP, on_reopen)
+class Signals:
+    """SIGTERM/SIGINT set `stop`; SIGHUP calls whatever `on_hup` is by then."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.on_hup: Callable[[], None] = lambda: None
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.on_hup())
+
+    def remove(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
 
 
-def remove_signals() -> None:
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.remove_signal_handler(signum)
+async def resolve_listen(config: Config) -> Config:
+    """Replace `auto[:PORT]` addresses by the pod-network bridge's, waiting for it if needed."""
+    listen = config.listen
+    if not any(is_auto(address) for address in listen.addresses):
+        return config
+    found = find_bridge_address(listen.interface, listen.flannel_subnet_env)
+    if found is None:
+        logger.warning(
+            "listen auto: waiting for %s (or %s) to have an address",
+            listen.interface or " / ".join(USUAL_BRIDGES), listen.flannel_subnet_env,
+        )  # fmt: skip
+    while found is None:
+        await asyncio.sleep(AUTO_RETRY_S)
+        found = find_bridge_address(listen.interface, listen.flannel_subnet_env)
+    addresses = []
+    for address in listen.addresses:
+        if not is_auto(address):
+            addresses.append(address)
+            continue
+        port = int(address[5:]) if address.startswith("auto:") else 514
+        addresses += [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in found.addresses]
+    logger.info(
+        "listen auto: %s from %s%s", ", ".join(addresses), found.source,
+        " (bound ahead of the bridge)" if found.freebind else "",
+    )  # fmt: skip
+    resolved = msgspec.structs.replace(
+        listen, addresses=addresses, freebind=listen.freebind or found.freebind
+    )
+    return msgspec.structs.replace(config, listen=resolved)
 
 
 async def serve(
@@ -140,19 +181,46 @@ async def serve(
     on_ready: Callable[[Server | object], None] | None = None,
 ) -> None:
     """Run until `shutdown()` returns (default: SIGTERM or SIGINT)."""
-    if config.workers > 1:
-        from relay.workers import supervise
+    signals = None
+    if shutdown is None:
+        signals = Signals()
+        signals.install()
+        shutdown = signals.stop.wait
+    try:
+        resolving = asyncio.ensure_future(resolve_listen(config))
+        stopping = asyncio.ensure_future(shutdown())
+        await asyncio.wait({resolving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not resolving.done():  # stopped while waiting for the bridge
+            resolving.cancel()
+            return
+        stopped = stopping.done()
+        stopping.cancel()
+        if stopped:
+            return
+        config = resolving.result()
+        if config.workers > 1:
+            from relay.workers import supervise
 
-        await supervise(config, shutdown=shutdown, on_ready=on_ready)
-        return
+            await supervise(config, shutdown=shutdown, on_ready=on_ready, signals=signals)
+        else:
+            await _serve_here(config, shutdown, on_ready, signals)
+    finally:
+        if signals is not None:
+            signals.remove()
+
+
+async def _serve_here(
+    config: Config,
+    shutdown: Shutdown,
+    on_ready: Callable[[Server | object], None] | None,
+    signals: Signals | None,
+) -> None:
     loop = asyncio.get_running_loop()
     registry, announcer = open_registry(config)
     [sockets] = bind_listeners(config.listen)
     server = Server(config, sockets, observer=registry)
-    stop_event = asyncio.Event()
-    if shutdown is None:
-        install_signals(stop_event.set, server.reopen)
-        shutdown = stop_event.wait
+    if signals is not None:
+        signals.on_hup = server.reopen
     await server.start_listeners()
     background = [
         loop.create_task(registry.run_saver()),
@@ -170,8 +238,6 @@ async def serve(
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         registry.close()
-        if shutdown == stop_event.wait:
-            remove_signals()
 
 
 def run(config: Config) -> None:

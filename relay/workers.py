@@ -27,7 +27,7 @@ import msgspec
 from relay.children import Registry
 from relay.config import Config
 from relay.listeners import BoundSocket, bind_listeners, close_all
-from relay.server import Server, Shutdown, install_signals, open_registry, remove_signals
+from relay.server import Server, Shutdown, Signals, open_registry
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,9 @@ async def run_worker(config: Config, sockets: list[BoundSocket], report_fd: int)
     loop = asyncio.get_running_loop()
     tally = SourceTally()
     server = Server(config, sockets, observer=tally)
-    stop = asyncio.Event()
-    install_signals(stop.set, server.reopen)
+    signals = Signals()
+    signals.install()
+    signals.on_hup = server.reopen
     # the supervisor sees every SIGINT of a terminal too; it decides when workers stop
     loop.remove_signal_handler(signal.SIGINT)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -95,7 +96,7 @@ async def run_worker(config: Config, sockets: list[BoundSocket], report_fd: int)
     report(always=True)  # the first report tells the supervisor this worker is serving
     background = [loop.create_task(report_forever())]
     try:
-        await stop.wait()
+        await signals.stop.wait()
     finally:
         await server.stop()
         for task in background:
@@ -103,7 +104,8 @@ async def run_worker(config: Config, sockets: list[BoundSocket], report_fd: int)
         await asyncio.gather(*background, return_exceptions=True)
         report()
         transport.close()
-        remove_signals()
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
 
 
 def worker_sockets(specs: list[str]) -> list[BoundSocket]:
@@ -238,18 +240,17 @@ class Supervisor:
 async def supervise(
     config: Config,
     *,
-    shutdown: Shutdown | None = None,
+    shutdown: Shutdown,
     on_ready: Callable[[Any], None] | None = None,
+    signals: Signals | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     registry, announcer = open_registry(config)
     socket_sets = bind_listeners(config.listen, copies=config.workers)
     workers = [Worker(i, config, sockets, registry) for i, sockets in enumerate(socket_sets)]
     supervisor = Supervisor(config, workers)
-    stop_event = asyncio.Event()
-    if shutdown is None:
-        install_signals(stop_event.set, lambda: supervisor.forward(signal.SIGHUP))
-        shutdown = stop_event.wait
+    if signals is not None:
+        signals.on_hup = lambda: supervisor.forward(signal.SIGHUP)
     background = [loop.create_task(registry.run_saver()), loop.create_task(announcer.run(registry))]
     try:
         for worker in workers:
@@ -274,5 +275,3 @@ async def supervise(
         registry.close()
         for sockets in socket_sets:
             close_all(sockets)
-        if shutdown == stop_event.wait:
-            remove_signals()

@@ -6,6 +6,7 @@ import contextlib
 import socket
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
 
 def peer_ip(address: tuple[object, ...]) -> str:
@@ -27,6 +28,7 @@ def bind_socket(
     *,
     reuse_port: bool = False,
     rcvbuf_bytes: int = 0,
+    freebind: bool = False,
 ) -> socket.socket:
     """A non-blocking socket bound to host:port ("" = all IPv4 addresses)."""
     family = family_of(host)
@@ -39,6 +41,8 @@ def bind_socket(
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # dual stack
         if rcvbuf_bytes:
             set_receive_buffer(sock, rcvbuf_bytes)
+        if freebind:  # the address may appear later (a bridge created with the first pod)
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)  # IPv6 sockets take it too
         sock.bind((host or "0.0.0.0", port))
         sock.setblocking(False)
     except BaseException:

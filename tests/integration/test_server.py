@@ -8,6 +8,8 @@ import os
 import signal
 import socket
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from relay.children import load_children
 from tests.integration.conftest import (
     ServerProcess,
+    free_port,
     lf,
     octet,
     read_lines,
@@ -308,3 +311,53 @@ async def test_one_sender_over_many_connections_and_udp_keeps_its_order(tmp_path
             await asyncio.sleep(0.005)  # sequential, as a sender's messages are
         lines = await wait_for_lines(srv.file("127.0.0.9"), len(sent))
     assert [x["msg"] for x in lines] == sent
+
+
+def test_listen_auto_binds_the_named_interface(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    config = tmp_path / "auto.toml"
+    port = free_port()
+    config.write_text(f'[listen]\naddresses = ["auto:{port}"]\ninterface = "lo"\n')
+    srv = ServerProcess(tmp_path, "--config", str(config))
+    srv.args.remove("--listen")
+    srv.args.remove(f"127.0.0.1:{srv.port}")
+    srv.port = port
+    srv.start()
+    try:
+        assert f"listen auto: 127.0.0.1:{port} from lo" in srv.log
+        send_udp(port, MESSAGES[:1], source="127.0.0.2")
+        _wait_sync(lambda: len(read_lines(srv.file("127.0.0.2"))) == 1)
+    finally:
+        assert srv.stop() == 0
+
+
+def test_listen_auto_binds_ahead_of_the_bridge_with_flannel_subnet(tmp_path: Path) -> None:
+    """flannel's subnet.env names the bridge address before cni0 exists: bind with IP_FREEBIND."""
+    flannel = tmp_path / "subnet.env"
+    flannel.write_text("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.77.1/24\n")
+    args = [sys.executable, "-m", "relay", "serve", "--log-dir", str(tmp_path / "logs"),
+            "--state-dir", str(tmp_path / "state"), "--listen", "auto:5599", "--config", str(tmp_path / "c.toml")]  # fmt: skip
+    (tmp_path / "c.toml").write_text(
+        f'[listen]\ninterface = "cni0-plura-test"\nflannel_subnet_env = "{flannel}"\n'
+        '[metrics]\nlisten = ""\n'
+    )
+    # the named interface does not exist, so only a `cni0` name would use flannel: wait instead
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert "waiting for cni0-plura-test" in err
+    (tmp_path / "c.toml").write_text(
+        f'[listen]\nflannel_subnet_env = "{flannel}"\n[metrics]\nlisten = ""\n'
+    )
+    if any(Path(f"/sys/class/net/{name}").exists() for name in ("cni0", "docker0", "cbr0")):
+        pytest.skip("this host has a real bridge: auto would bind to it")
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "listen auto: 10.244.77.1:5599 from " in err and "bound ahead of the bridge" in err
+    assert "listening on udp 10.244.77.1:5599" in err

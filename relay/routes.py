@@ -1,0 +1,110 @@
+"""`[[route]]` rules: which messages go to which extra file, with which template.
+
+A route matches on programname / syslogtag (equals or contains), facility, severity and source
+network; a matching message is written to the route's file with its template and, if the route
+says `stop`, goes no further (no later route, no ceelog file). The decision depends only on
+(programname, syslogtag, pri, source), so it is cached.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from relay.config import Route
+from relay.message import SyslogMessage
+from relay.parse import sanitize
+from relay.template import CeeTemplate
+
+DECISION_CACHE_ENTRIES = 8192
+
+
+class Target(NamedTuple):
+    name: str  # file name for the sink: relative to the log dir, or absolute
+    template: str  # "ceelog" | "msg" | "raw"
+
+
+class Decision(NamedTuple):
+    targets: tuple[Target, ...]
+    ceelog: bool  # also write the ceelog-<ip>.log line
+
+
+NO_ROUTE = Decision((), True)
+DecisionKey = tuple[bytes, bytes, int, str]
+
+
+class _Rule:
+    def __init__(self, route: Route) -> None:
+        match = route.match
+        self.route = route
+        self.target = Target(route.file, route.template)
+        self.programname_equals = _encoded(match.programname_equals)
+        self.programname_contains = _encoded(match.programname_contains)
+        self.syslogtag_equals = _encoded(match.syslogtag_equals)
+        self.syslogtag_contains = _encoded(match.syslogtag_contains)
+        self.facilities = frozenset(match.facilities)
+        self.severity_max = match.severity_max
+        self.networks = [ipaddress.ip_network(c, strict=False) for c in match.source_cidrs]
+
+    def matches(self, programname: bytes, syslogtag: bytes, pri: int, peer: str) -> bool:
+        facility, severity = (pri >> 3, pri & 7) if pri >= 0 else (-1, 7)
+        return (
+            (self.programname_equals is None or programname == self.programname_equals)
+            and (self.programname_contains is None or self.programname_contains in programname)
+            and (self.syslogtag_equals is None or syslogtag == self.syslogtag_equals)
+            and (self.syslogtag_contains is None or self.syslogtag_contains in syslogtag)
+            and (not self.facilities or facility in self.facilities)
+            and (self.severity_max is None or severity <= self.severity_max)
+            and (not self.networks or _in_networks(peer, self.networks))
+        )
+
+
+class Router:
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self._rules = [_Rule(route) for route in routes]
+        self._cache: dict[DecisionKey, Decision] = {}
+
+    def decide(self, programname: bytes, syslogtag: bytes, pri: int, peer: str) -> Decision:
+        key = (programname, syslogtag, pri, peer)
+        decision = self._cache.get(key)
+        if decision is None:
+            decision = self._decide(key)
+            if len(self._cache) >= DECISION_CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[key] = decision
+        return decision
+
+    def _decide(self, key: DecisionKey) -> Decision:
+        targets = []
+        for rule in self._rules:
+            if rule.matches(*key):
+                targets.append(rule.target)
+                if rule.route.stop:
+                    return Decision(tuple(targets), False)
+        return Decision(tuple(targets), True) if targets else NO_ROUTE
+
+
+def render_for_route(
+    template: str, message: SyslogMessage, timegenerated: bytes, cee: CeeTemplate
+) -> bytes:
+    """One line of a route's file."""
+    if template == "msg":
+        # the MSG as the sender wrote it: without the space rsyslog keeps after `tag:`
+        msg = message.msg[1:] if message.msg.startswith(b" ") else message.msg
+        return msg + b"\n"
+    if template == "raw":
+        return sanitize(message.raw) + b"\n"
+    return cee.render_at(message, timegenerated)
+
+
+def _encoded(text: str | None) -> bytes | None:
+    return None if text is None else text.encode()
+
+
+def _in_networks(peer: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(peer.partition("%")[0])
+    except ValueError:
+        return False
+    return any(address in network for network in networks)

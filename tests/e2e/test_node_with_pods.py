@@ -1,0 +1,393 @@
+"""End to end: a worker node with pods, as in the vendor guide, in network namespaces.
+
+The node namespace holds flannel's bridge `cni0` at 10.244.2.1/24 and plura-relay started with
+`listen.addresses = ["auto:514"]`, `listen.interface = "cni0"` and the shipped nginx route. Three
+pods run a real rsyslogd with the shipped rsyslog.d snippet (two over UDP, one over TCP) and
+`logger` writes to each pod's own log socket; a fourth pod runs a real nginx with the shipped
+`plura.conf` (access log as syslog to the node) and gets a POST from a client in another pod.
+
+Expected: `ceelog-10.244.2.{5,6,7}.log` with exactly the logger lines (hostname = the pod's own,
+set in its UTS namespace, which proves the line went through that pod's rsyslogd), the pods
+registered as children, and `weblog.log` holding nginx's JSON access line with the POST body.
+Variant `relay-then-bridge` starts plura-relay before `cni0` exists: it must bind when it appears.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.topology import (
+    NODE_IP,
+    NS_PREFIX,
+    Topology,
+    clean_env,
+    ip,
+    remove_stale,
+    stop,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+POD_UDP_SNIPPET = REPO / "rsyslog.d" / "pod-udp.conf"
+POD_TCP_SNIPPET = REPO / "rsyslog.d" / "pod-tcp.conf"
+NGINX_PLURA_CONF = REPO / "conf" / "nginx" / "plura.conf"
+NODE_IP_PLACEHOLDER = "NODE_IP"
+SYSLOG_PORT = 514
+WEB_PORT = 8080
+TOOLS = ("ip", "ss", "rsyslogd", "logger", "nginx", "curl", "unshare")
+SBIN_PATH = "/usr/sbin:/sbin:/usr/bin:/bin"
+
+MESSAGES_PER_POD = 5
+LATE_BIND_GRACE_S = 1.0
+"""How long plura-relay must stay up waiting for `cni0` before the bridge is created."""
+READY_TIMEOUT_S = 15.0
+DELIVERY_TIMEOUT_S = 15.0
+POST_BODY = '{"user":"kim","action":"login","note":"로그인 \\"quoted\\" & more"}'
+CEE_KEYS = [
+    "timegenerated", "programname", "hostname", "syslogtag", "pri", "pri-text",
+    "syslogfacility", "syslogfacility-text", "syslogseverity", "syslogseverity-text", "msg",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    address: str
+    transport: str  # how its rsyslog forwards: "udp" | "tcp"
+
+    @property
+    def hostname(self) -> str:
+        return f"pod-{self.name}"
+
+    @property
+    def tag(self) -> str:
+        return f"app-{self.name}"
+
+    def messages(self) -> list[str]:
+        return [
+            f"message {i} from {self.hostname} over {self.transport}"
+            for i in range(1, MESSAGES_PER_POD + 1)
+        ]
+
+
+SYSLOG_PODS = (
+    Pod("a", "10.244.2.5", "udp"),
+    Pod("b", "10.244.2.6", "udp"),
+    Pod("c", "10.244.2.7", "tcp"),
+)
+WEB_POD = Pod("web", "10.244.2.8", "udp")
+CLIENT_POD = SYSLOG_PODS[0]
+
+RELAY_CONFIG = """\
+state_dir = "@STATE@"
+
+[listen]
+addresses = ["auto:514"]
+interface = "cni0"
+
+[output]
+log_dir = "@LOGS@"
+
+[[route]]
+name = "nginx-weblog"
+file = "weblog.log"
+template = "msg"
+stop = true
+[route.match]
+syslogtag_contains = "nginx"
+"""
+
+POD_RSYSLOG_CONF = """\
+# A pod image's rsyslog.conf with its module(load=...) lines commented out, as the shipped
+# drop-in asks (it loads imuxsock itself, for the pod's own /dev/log), then the drop-in.
+global(workDirectory="@WORK@")
+#module(load="imuxsock")
+#module(load="imklog")
+include(file="@SNIPPET@")
+"""
+
+NGINX_CONF = """\
+user root;
+worker_processes 1;
+daemon off;
+pid @PREFIX@/nginx.pid;
+error_log @PREFIX@/error.log info;
+events { worker_connections 64; }
+http {
+    client_body_temp_path @PREFIX@/client_body;
+    proxy_temp_path @PREFIX@/proxy;
+    fastcgi_temp_path @PREFIX@/fastcgi;
+    uwsgi_temp_path @PREFIX@/uwsgi;
+    scgi_temp_path @PREFIX@/scgi;
+    # /etc/nginx/conf.d/plura.conf: PLURA's mod_plura log_format, access log as syslog
+    include @PLURA_CONF@;
+    server {
+        listen @ADDRESS@:@PORT@;
+        # proxied, so that nginx reads the body and $request_body is set
+        location / { proxy_pass http://127.0.0.1:8081; }
+    }
+    server {
+        listen 127.0.0.1:8081;
+        access_log off;
+        location / { return 200 "ok\\n"; }
+    }
+}
+"""
+
+
+def fill(template: str, **values: object) -> str:
+    for key, value in values.items():
+        template = template.replace(f"@{key}@", str(value))
+    return template
+
+
+STAND_INS = {
+    POD_UDP_SNIPPET: "*.info @NODE_IP:514\n",
+    POD_TCP_SNIPPET: "*.info @@NODE_IP:514\n",
+    NGINX_PLURA_CONF: (
+        'log_format mod_plura escape=json \'{"remote_addr":"$remote_addr",'
+        '"request_method":"$request_method","request_uri":"$request_uri",'
+        '"request_body":"$request_body","status":"$status"}\';\n'
+        "access_log syslog:server=NODE_IP:514,tag=nginx mod_plura;\n"
+    ),
+}
+
+
+def shipped(path: Path, workdir: Path) -> Path:
+    """The shipped file with NODE_IP replaced by the node's address, written into `workdir`."""
+    text = path.read_text() if path.exists() else STAND_INS[path]
+    target = workdir / path.name
+    target.write_text(text.replace(NODE_IP_PLACEHOLDER, NODE_IP))
+    return target
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def _unusable_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    missing = [tool for tool in TOOLS if shutil.which(tool, path=SBIN_PATH) is None]
+    if missing:
+        return (f"missing {', '.join(missing)}: "
+                "apt-get install -y rsyslog nginx-light bsdutils iproute2 curl")  # fmt: skip
+    probe = f"{NS_PREFIX}{os.getpid()}-probe"
+    try:
+        ip("netns", "add", probe)
+    except (OSError, RuntimeError) as exc:
+        return f"`ip netns` unavailable: {exc}"
+    ip("netns", "del", probe, check=False)
+    return None
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Topology]:
+    """An empty topology, torn down (processes by pid, then namespaces) whatever happens."""
+    reason = _unusable_reason()
+    if reason is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    remove_stale()
+    topology = Topology(tmp_path)
+    try:
+        yield topology
+    finally:
+        topology.close()
+
+
+# --------------------------------------------------------------------------- the pieces
+
+
+def start_relay(node: Topology, tmp_path: Path) -> subprocess.Popen[bytes]:
+    config = tmp_path / "plura-relay.toml"
+    config.write_text(fill(RELAY_CONFIG, STATE=tmp_path / "state", LOGS=tmp_path / "logs"))
+    env = {**clean_env(), "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "relay", "serve", "--config", str(config)]
+    return node.spawn(node.node, argv, name="plura-relay", env=env, cwd=REPO)
+
+
+def wait_for_relay(node: Topology, relay: subprocess.Popen[bytes]) -> None:
+    wanted = {("udp", NODE_IP), ("tcp", NODE_IP)}
+    up = wait_until(
+        lambda: relay.poll() is not None or wanted <= node.listening(node.node, SYSLOG_PORT),
+        READY_TIMEOUT_S,
+    )
+    assert up and relay.poll() is None, (
+        f"plura-relay is not listening on {NODE_IP}:{SYSLOG_PORT} (udp and tcp)\n{node.outputs()}"
+    )
+
+
+def socket_path(pod: Pod, tmp_path: Path) -> Path:
+    """The pod's /dev/log as seen from outside the pod."""
+    path = tmp_path / f"pod-{pod.name}" / "dev" / "log"
+    assert len(str(path)) < 100, f"unix socket path too long: {path}"
+    return path
+
+
+def start_rsyslogd(node: Topology, netns: str, pod: Pod, tmp_path: Path) -> None:
+    workdir = tmp_path / f"pod-{pod.name}"
+    workdir.mkdir()
+    snippet = shipped(POD_TCP_SNIPPET if pod.transport == "tcp" else POD_UDP_SNIPPET, workdir)
+    conf = workdir / "rsyslog.conf"
+    conf.write_text(fill(POD_RSYSLOG_CONF, WORK=workdir, SNIPPET=snippet))
+    argv = ["rsyslogd", "-n", "-f", str(conf), "-i", str(workdir / "rsyslogd.pid")]
+    dev = socket_path(pod, tmp_path).parent
+    node.spawn(netns, argv, name=f"rsyslogd-{pod.name}", hostname=pod.hostname, dev=dev)
+
+
+def start_nginx(node: Topology, netns: str, pod: Pod, tmp_path: Path) -> None:
+    prefix = tmp_path / f"pod-{pod.name}"
+    prefix.mkdir()
+    plura_conf = shipped(NGINX_PLURA_CONF, prefix)
+    conf = prefix / "nginx.conf"
+    conf.write_text(fill(NGINX_CONF, PREFIX=prefix, PLURA_CONF=plura_conf, ADDRESS=pod.address,
+                         PORT=WEB_PORT))  # fmt: skip
+    argv = ["nginx", "-p", f"{prefix}/", "-c", str(conf), "-e", str(prefix / "error.log")]
+    node.spawn(netns, argv, name="nginx", hostname=pod.hostname)
+
+
+def add_pods(node: Topology, tmp_path: Path) -> dict[str, str]:
+    """The syslog pods and the web pod, their daemons started and ready; pod name -> netns."""
+    netns = {pod.name: node.add_pod(pod.name, pod.address) for pod in (*SYSLOG_PODS, WEB_POD)}
+    for pod in SYSLOG_PODS:
+        start_rsyslogd(node, netns[pod.name], pod, tmp_path)
+    start_nginx(node, netns[WEB_POD.name], WEB_POD, tmp_path)
+    ready = wait_until(
+        lambda: (
+            all(socket_path(pod, tmp_path).exists() for pod in SYSLOG_PODS)
+            and ("tcp", WEB_POD.address) in node.listening(netns[WEB_POD.name], WEB_PORT)
+        ),
+        READY_TIMEOUT_S,
+    )
+    assert ready, f"pods' rsyslogd or nginx did not come up\n{node.outputs()}"
+    return netns
+
+
+def log_messages(node: Topology, netns: dict[str, str], tmp_path: Path) -> None:
+    """`logger` in each pod, to that pod's rsyslogd socket (never the host's /dev/log)."""
+    for pod in SYSLOG_PODS:
+        sock = str(socket_path(pod, tmp_path))
+        for text in pod.messages():
+            node.run(netns[pod.name], ["logger", "-u", sock, "-t", pod.tag, text])
+
+
+def post_to_nginx(node: Topology, netns: dict[str, str]) -> None:
+    url = f"http://{WEB_POD.address}:{WEB_PORT}/api/login?lang=ko"
+    argv = ["curl", "-sS", "--noproxy", "*", "--max-time", "5", "-X", "POST",
+            "-H", "Content-Type: application/json", "-A", "e2e-client/1.0",
+            "--data-binary", POST_BODY, url]  # fmt: skip
+    assert node.run(netns[CLIENT_POD.name], argv) == "ok\n"
+
+
+# --------------------------------------------------------------------------- reading results
+
+
+def read_ceelog(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert all(list(record) == ["ceelog"] for record in records), records
+    return [record["ceelog"] for record in records]
+
+
+def app_lines(path: Path, pod: Pod) -> list[dict[str, str]]:
+    """Lines of the pod's own programs (rsyslogd also forwards its own start message)."""
+    return [line for line in read_ceelog(path) if line["programname"] != "rsyslogd"]
+
+
+def delivered(log_dir: Path) -> bool:
+    weblog = log_dir / "weblog.log"
+    return weblog.exists() and all(
+        len(app_lines(log_dir / f"ceelog-{pod.address}.log", pod)) >= MESSAGES_PER_POD
+        for pod in SYSLOG_PODS
+    )
+
+
+def expected_line(pod: Pod, text: str) -> dict[str, str]:
+    return {
+        "programname": pod.tag,
+        "hostname": pod.hostname,
+        "syslogtag": f"{pod.tag}:",
+        "pri": "13",
+        "pri-text": "user.notice",
+        "syslogfacility": "1",
+        "syslogfacility-text": "user",
+        "syslogseverity": "5",
+        "syslogseverity-text": "notice",
+        "msg": f" {text}",
+    }
+
+
+def children(state_dir: Path) -> dict[str, dict[str, object]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "relay", "children", "--state-dir", str(state_dir), "--json"],
+        capture_output=True, text=True, check=True, cwd=REPO,
+        env={**clean_env(), "PYTHONPATH": str(REPO)},
+    ).stdout  # fmt: skip
+    return {child["ip"]: child for child in json.loads(out)}
+
+
+# --------------------------------------------------------------------------- the test
+
+
+@pytest.mark.parametrize(
+    "relay_first", [False, True], ids=["bridge-then-relay", "relay-then-bridge"]
+)
+def test_node_with_pods(node: Topology, tmp_path: Path, relay_first: bool) -> None:
+    log_dir, state_dir = tmp_path / "logs", tmp_path / "state"
+    node.add_node()
+    if relay_first:
+        relay = start_relay(node, tmp_path)
+        time.sleep(LATE_BIND_GRACE_S)
+        assert relay.poll() is None, f"plura-relay gave up without cni0\n{node.outputs()}"
+        node.add_bridge()
+    else:
+        node.add_bridge()
+        relay = start_relay(node, tmp_path)
+    wait_for_relay(node, relay)
+
+    netns = add_pods(node, tmp_path)
+    log_messages(node, netns, tmp_path)
+    post_to_nginx(node, netns)
+    arrived = wait_until(lambda: delivered(log_dir), DELIVERY_TIMEOUT_S)
+    assert stop(relay) == 0, f"plura-relay did not exit cleanly\n{node.outputs()}"
+    assert arrived, f"not everything arrived: {sorted(os.listdir(log_dir))}\n{node.outputs()}"
+
+    for pod in SYSLOG_PODS:
+        path = log_dir / f"ceelog-{pod.address}.log"
+        lines = read_ceelog(path)
+        assert all(list(line) == CEE_KEYS for line in lines), lines
+        assert all(datetime.fromisoformat(line["timegenerated"]).tzinfo for line in lines)
+        others = [line for line in lines if line["programname"] == "rsyslogd"]
+        assert all(line["hostname"] == pod.hostname for line in others), others
+        got = [{k: v for k, v in line.items() if k != "timegenerated"}
+               for line in app_lines(path, pod)]  # fmt: skip
+        assert got == [expected_line(pod, text) for text in pod.messages()], path.name
+
+    assert not (log_dir / f"ceelog-{WEB_POD.address}.log").exists(), "route did not stop"
+    weblog = (log_dir / "weblog.log").read_text().splitlines()
+    assert len(weblog) == 1, weblog
+    access = json.loads(weblog[0])
+    assert POST_BODY in access.values(), access
+    assert "POST" in access.values() and CLIENT_POD.address in access.values(), access
+
+    found = children(state_dir)
+    pod_ips = {pod.address for pod in SYSLOG_PODS}
+    assert pod_ips <= set(found) <= pod_ips | {WEB_POD.address}, found
+    for pod in SYSLOG_PODS:
+        assert found[pod.address]["hostname"] == pod.hostname, found[pod.address]
+        assert int(found[pod.address]["messages"]) >= MESSAGES_PER_POD, found[pod.address]
