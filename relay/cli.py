@@ -51,6 +51,11 @@ def _load(config: str | None, overrides: dict[str, Any]) -> Any:
 @click.option("--log-dir", type=click.Path(file_okay=False), help="Where ceelog-<ip>.log files go.")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Child registry location.")
 @click.option("--workers", type=int, help="Worker processes sharing the port (SO_REUSEPORT).")
+@click.option(
+    "--metrics",
+    metavar="HOST:PORT",
+    help='/metrics, /healthz and /readyz address (default 127.0.0.1:9514; "" turns it off).',
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Format of own logs.")
 def serve(
@@ -59,6 +64,7 @@ def serve(
     log_dir: str | None,
     state_dir: str | None,
     workers: int | None,
+    metrics: str | None,
     log_level: str | None,
     log_format: str | None,
 ) -> None:
@@ -68,6 +74,7 @@ def serve(
         "output.log_dir": log_dir,
         "state_dir": state_dir,
         "workers": workers,
+        "metrics.listen": metrics,
         "log.level": log_level,
         "log.format": log_format,
     }
@@ -118,6 +125,40 @@ def children(config: str | None, state_dir: str | None, as_json: bool) -> None:
         click.echo(msgspec.json.format(msgspec.json.encode(found)).decode())
     else:
         click.echo(format_children(found))
+
+
+@main.command()
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--url", help="Base URL of the metrics endpoint (default: from the config).")
+def status(config: str | None, url: str | None) -> None:
+    """One-screen summary of a running server, read from its /metrics endpoint."""
+    from relay.status import fetch_status, format_status
+
+    if url is None:
+        cfg = _load(config, {})
+        if not cfg.metrics.listen:
+            raise click.ClickException("metrics are off in the config ([metrics] listen)")
+        host, port = parse_address(cfg.metrics.listen, 9514)
+        host = "127.0.0.1" if host in ("", "0.0.0.0") else host
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    try:
+        click.echo(format_status(fetch_status(url)))
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach {url}: {exc}") from exc
+
+
+@main.command("rsyslog-conf")
+@click.option("--node-ip", required=True, help="The node's pod-network address (cni0's).")
+@click.option("--port", type=click.IntRange(1, 65535), default=514, show_default=True)
+@click.option("--tcp", is_flag=True, help="TCP with octet counting and a disk queue (default UDP).")
+def rsyslog_conf(node_ip: str, port: int, tcp: bool) -> None:
+    """Print the rsyslog.d snippet a pod needs to send its syslog to this node."""
+    from relay.podconf import pod_snippet
+
+    try:
+        click.echo(pod_snippet(node_ip, tcp=tcp, port=port), nl=False)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--node-ip") from exc
 
 
 @main.command()

@@ -77,6 +77,8 @@ class ChildrenConfig(Base, frozen=True, forbid_unknown_fields=True):
     hook_url: str = ""
     """POSTed the child as JSON once per new child server; retried until a 2xx answer."""
     save_interval_s: PositiveFloat = 1.0
+    inactive_after_s: PositiveFloat = 3600.0
+    """A child not heard from for this long counts as inactive."""
     hook_backoff_initial_s: PositiveFloat = 1.0
     """First retry delay of a failed hook; doubles (with jitter) up to hook_backoff_max_s."""
     hook_backoff_max_s: PositiveFloat = 300.0

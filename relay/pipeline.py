@@ -60,6 +60,7 @@ class Pipeline:
         self._template = CeeTemplate()
         self._names: dict[str, str] = {}
         self.received = 0
+        self.general = 0  # frames that took the general parser (odd shapes, control bytes)
 
     def handle_batch(self, frames: list[bytes], peer: str, received_at: float) -> None:
         """Frames from one peer received together (a TCP read or a UDP batch): one sink call,
@@ -96,6 +97,7 @@ class Pipeline:
                         msg = msg.replace(b"/", b"\\/")
                     append(b"".join((LINE_START, timegenerated, header, msg, LINE_END)))
                     continue
+            self.general += 1
             message = self._parse(frame, peer, received_at)
             hostname = message.hostname
             if router is not None and self._route(router, message, peer, timegenerated):

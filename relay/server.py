@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -19,10 +21,11 @@ import uvloop
 
 from relay.bridge import USUAL_BRIDGES, find_bridge_address
 from relay.children import Registry
-from relay.config import Config, is_auto
+from relay.config import Config, is_auto, parse_address
 from relay.hooks import Announcer
 from relay.hostnames import DnsHostnames
 from relay.listeners import LISTEN_BACKLOG, BoundSocket, bind_listeners
+from relay.metrics import HealthServer, Readiness, Stats
 from relay.pipeline import Pipeline, SourceObserver
 from relay.sinks.files import FileSink
 from relay.transport.tcp import TcpListener
@@ -69,6 +72,7 @@ class Server:
         self.bound = [(s.kind, s.host, s.port) for s in sockets]
         self.udp: list[UdpListener] = []
         self.tcp: list[tuple[TcpListener, BoundSocket]] = []
+        self.health: HealthServer | None = None
 
     async def start_listeners(self) -> None:
         loop = asyncio.get_running_loop()
@@ -94,6 +98,30 @@ class Server:
                 self.udp.append(udp)
             logger.info("listening on %s %s:%d", bound.kind, bound.host or "0.0.0.0", bound.port)
 
+    def stats(self) -> dict[str, float]:
+        """Counters and gauges of this process, for /metrics (and for a supervisor)."""
+        sink, pipeline = self.sink, self.pipeline
+        stats: dict[str, float] = {
+            "general_parse": pipeline.general,
+            "lines_written": sink.lines_written,
+            "bytes_written": sink.bytes_written,
+            "write_failed": sink.lines_failed,
+            "open_files": sink.open_files,
+            "evictions": sink.evictions,
+            "buffered_bytes": sink.buffered_bytes,
+        }
+        parts = [udp.stats() for udp in self.udp] + [tcp.stats() for tcp, _ in self.tcp]
+        for part in parts:
+            for key, value in part.items():
+                stats[key] = stats.get(key, 0) + value
+        return stats
+
+    def ready(self) -> tuple[bool, str]:
+        """Listening, and the log directory is writable."""
+        if not self.udp and not self.tcp:
+            return False, "no listener bound"
+        return log_dir_writable(self.config.output.log_dir)
+
     def reopen(self) -> None:
         logger.info("SIGHUP: reopening output files")
         self.sink.reopen()
@@ -108,6 +136,41 @@ class Server:
             "stopped: %d messages received, %d lines written, %d not written",
             self.pipeline.received, self.sink.lines_written, self.sink.lines_failed,
         )  # fmt: skip
+
+
+def log_dir_writable(log_dir: str) -> tuple[bool, str]:
+    """Try it: create and remove a file (permission bits say nothing for root, nor for a
+    read-only or full filesystem)."""
+    probe = Path(log_dir) / f".plura-relay-ready-{os.getpid()}"
+    try:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        return False, f"log dir {log_dir} is not writable: {exc.strerror or exc}"
+    return True, "ready"
+
+
+def registry_stats(registry: Registry, inactive_after_s: float) -> dict[str, float]:
+    return {
+        "children": registry.count,
+        "children_active": registry.active(time.time(), inactive_after_s),
+    }
+
+
+def health_server(config: Config, stats: Stats, ready: Readiness) -> HealthServer | None:
+    if not config.metrics.listen:
+        return None
+    return HealthServer(parse_address(config.metrics.listen, 9514), stats, ready)
+
+
+async def start_health(health: HealthServer) -> None:
+    """A metrics port already in use must not keep syslog from being received: log it."""
+    try:
+        await health.start()
+    except OSError as exc:
+        logger.error("cannot serve metrics and health: %s", exc)
 
 
 def open_registry(config: Config) -> tuple[Registry, Announcer]:
@@ -226,12 +289,23 @@ async def _serve_here(
         loop.create_task(registry.run_saver()),
         loop.create_task(announcer.run(registry)),
     ]
+    inactive_after_s = config.children.inactive_after_s
+    health = health_server(
+        config,
+        lambda: {**server.stats(), **registry_stats(registry, inactive_after_s), "workers": 1},
+        server.ready,
+    )
+    if health is not None:
+        await start_health(health)
+    server.health = health
     if on_ready is not None:
         on_ready(server)
     try:
         await shutdown()
         logger.info("shutting down")
     finally:
+        if health is not None:
+            await health.stop()
         await server.stop()
         await announcer.settle(config.children.hook_timeout_s)
         for task in background:

@@ -27,7 +27,17 @@ import msgspec
 from relay.children import Registry
 from relay.config import Config
 from relay.listeners import BoundSocket, bind_listeners, close_all
-from relay.server import Server, Shutdown, Signals, open_registry
+from relay.metrics import HealthServer
+from relay.server import (
+    Server,
+    Shutdown,
+    Signals,
+    health_server,
+    log_dir_writable,
+    open_registry,
+    registry_stats,
+    start_health,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +47,8 @@ STOP_TIMEOUT_S = 30.0
 STARTUP_TIMEOUT_S = 30.0
 CONFIG_ENV = "PLURA_RELAY_WORKER_CONFIG"
 
-Report = list[tuple[str, bytes, float, int]]
+Sources = list[tuple[str, bytes, float, int]]
+Report = tuple[Sources, dict[str, float]]  # sources seen since the last report, stats now
 _encode_report = msgspec.msgpack.Encoder().encode
 _decode_report = msgspec.msgpack.Decoder(Report).decode
 _LENGTH = struct.Struct("!I")
@@ -60,7 +71,7 @@ class SourceTally:
             entry[1] = received_at
             entry[2] += count
 
-    def drain(self) -> Report:
+    def drain(self) -> Sources:
         sources, self._sources = self._sources, {}
         return [(ip, e[0], e[1], e[2]) for ip, e in sources.items()]
 
@@ -81,10 +92,9 @@ async def run_worker(config: Config, sockets: list[BoundSocket], report_fd: int)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(report_fd, "wb"))
 
-    def report(*, always: bool = False) -> None:
-        sources = tally.drain()
-        if (sources or always) and not transport.is_closing():
-            payload = _encode_report(sources)
+    def report() -> None:
+        if not transport.is_closing():
+            payload = _encode_report((tally.drain(), server.stats()))
             transport.write(_LENGTH.pack(len(payload)) + payload)
 
     async def report_forever() -> None:
@@ -93,7 +103,7 @@ async def run_worker(config: Config, sockets: list[BoundSocket], report_fd: int)
             report()
 
     await server.start_listeners()
-    report(always=True)  # the first report tells the supervisor this worker is serving
+    report()  # the first report tells the supervisor this worker is serving
     background = [loop.create_task(report_forever())]
     try:
         await signals.stop.wait()
@@ -131,6 +141,7 @@ class _ReportReader(asyncio.Protocol):
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
+        self.stats: dict[str, float] = {}
         self._buffer = bytearray()
         self.ready = asyncio.get_running_loop().create_future()
         self.closed = asyncio.get_running_loop().create_future()
@@ -145,7 +156,8 @@ class _ReportReader(asyncio.Protocol):
             del self._buffer[: _LENGTH.size + size]
             if not self.ready.done():
                 self.ready.set_result(None)
-            for ip, hostname, last_seen, count in _decode_report(payload):
+            sources, self.stats = _decode_report(payload)
+            for ip, hostname, last_seen, count in sources:
                 self._registry.observe(ip, hostname, last_seen, count)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -218,6 +230,7 @@ class Supervisor:
         self.workers = workers
         self.bound = [(s.kind, s.host, s.port) for s in workers[0].sockets]
         self.stopping = False
+        self.health: HealthServer | None = None
 
     async def watch(self, worker: Worker) -> None:
         """Restart a worker that exits on its own."""
@@ -231,6 +244,21 @@ class Supervisor:
             if self.stopping:
                 return
             await worker.start()
+
+    def stats(self) -> dict[str, float]:
+        """The workers' last reported stats, summed (counters restart with a restarted worker)."""
+        total: dict[str, float] = {"workers": len(self.workers)}
+        for worker in self.workers:
+            if worker.reader is not None:
+                for key, value in worker.reader.stats.items():
+                    total[key] = total.get(key, 0) + value
+        return total
+
+    def ready(self) -> tuple[bool, str]:
+        serving = [w for w in self.workers if w.reader is not None and w.reader.ready.done()]
+        if len(serving) < len(self.workers):
+            return False, f"{len(serving)} of {len(self.workers)} workers serving"
+        return log_dir_writable(self.config.output.log_dir)
 
     def forward(self, signum: int) -> None:
         for worker in self.workers:
@@ -261,11 +289,22 @@ async def supervise(
             logger.info(
                 "listening on %s %s:%d (%d workers)", kind, host or "0.0.0.0", port, len(workers)
             )
+        inactive_after_s = config.children.inactive_after_s
+        health = health_server(
+            config,
+            lambda: {**supervisor.stats(), **registry_stats(registry, inactive_after_s)},
+            supervisor.ready,
+        )
+        if health is not None:
+            await start_health(health)
+        supervisor.health = health
         if on_ready is not None:
             on_ready(supervisor)
         await shutdown()
         logger.info("shutting down %d workers", len(workers))
     finally:
+        if supervisor.health is not None:
+            await supervisor.health.stop()
         supervisor.stopping = True
         await asyncio.gather(*(w.stop() for w in workers))
         await announcer.settle(config.children.hook_timeout_s)

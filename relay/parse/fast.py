@@ -14,8 +14,10 @@ import re
 # `<PRI>`: 0..191 without leading zeros
 _PRI = rb"<(1[0-8][0-9]|19[01]|[1-9][0-9]|[0-9])>"
 _CLOCK = rb"(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)"
-# the static part of a tag: what `programname` keeps
-_PROGRAM = rb"[!-.0-9;-Z\\\]-~]*"
+# the static part of a tag: what `programname` keeps. Possessive (`*+`, no backtracking into
+# it): the rest of the tag may hold the same bytes, and backtracking over every split point of a
+# long tag that then fails to match costs quadratic time.
+_PROGRAM = rb"[!-.0-9;-Z\\\]-~]*+"
 
 # Only the header: the body is what follows `match.end()`, and whether the frame has control
 # bytes is checked with `has_control` (bytes.translate is three times faster than a regex scan).
@@ -25,7 +27,7 @@ RFC3164_HEADER = re.compile(
     + _CLOCK
     + rb") ([A-Za-z0-9._-]{0,510}[A-Za-z0-9]) (("
     + _PROGRAM
-    + rb")[^: \x00-\x1f]*:?)"
+    + rb")[^: \x00-\x1f]*+:?)"
 )
 CONTROL_BYTES = bytes(range(0x20))
 
@@ -35,9 +37,9 @@ RFC5424_HEADER = re.compile(
     + rb"1 (-|(?:[01][0-9]{3}|20[0-9]{2})-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])T"
     + _CLOCK
     + rb"(?:\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])) "
-    + rb"([^ \x00-\x1f]+) ((?=[^ \x00-\x1f])("
+    + rb"([^ \x00-\x1f]++) ((?=[^ \x00-\x1f])("
     + _PROGRAM
-    + rb")[^ \x00-\x1f]*) ([^ \x00-\x1f]+) [^ \x00-\x1f]+ "
+    + rb")[^ \x00-\x1f]*+) ([^ \x00-\x1f]++) [^ \x00-\x1f]++ "
     + rb"(?:-|(?:\[[^\]\\\x00-\x1f]*\])+)(?: |\Z)"
 )
 

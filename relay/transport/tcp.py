@@ -31,9 +31,12 @@ class TcpConnection(asyncio.Protocol):
         self._server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self._server.last_data = time.monotonic()
+        server = self._server
+        server.last_data = time.monotonic()
+        server.bytes += len(data)
         frames = self._framer.feed(data)
         if frames:
+            server.frames += len(frames)
             self._on_frames(frames, self.peer, time.time())
 
     def eof_received(self) -> bool | None:
@@ -43,6 +46,7 @@ class TcpConnection(asyncio.Protocol):
         # a partial LF frame at close is still a message, as in rsyslog
         frames = self._framer.close()
         if frames:
+            self._server.frames += len(frames)
             self._on_frames(frames, self.peer, time.time())
         self._server.account(self._framer)
         self._server.connections.discard(self)
@@ -74,6 +78,9 @@ class TcpListener:
         self.accepted = 0
         self.truncated = 0
         self.discarded_bytes = 0
+        self.framing_errors = 0
+        self.frames = 0
+        self.bytes = 0
         self.server: asyncio.base_events.Server | None = None
         self.last_data = 0.0
 
@@ -84,8 +91,23 @@ class TcpListener:
     def protocol(self) -> TcpConnection:
         return TcpConnection(self)
 
+    def stats(self) -> dict[str, int]:
+        """Counters of closed connections plus the live ones' (read at scrape time)."""
+        live = [c._framer for c in self.connections]
+        return {
+            "received_tcp": self.frames,
+            "tcp_bytes": self.bytes,
+            "tcp_connections": len(self.connections),
+            "tcp_accepted": self.accepted,
+            "tcp_truncated": self.truncated + sum(f.truncated for f in live),
+            "tcp_discarded_bytes": self.discarded_bytes + sum(f.discarded_bytes for f in live),
+            "tcp_framing_errors": self.framing_errors + sum(f.framing_errors for f in live),
+            "tcp_buffered_bytes": sum(f.buffered_bytes for f in live),
+        }
+
     def account(self, framer: Framer) -> None:
         self.truncated += framer.truncated
+        self.framing_errors += framer.framing_errors
         self.discarded_bytes += framer.discarded_bytes
 
     async def drain_and_close(self, timeout_s: float, sock: socket.socket | None = None) -> None:

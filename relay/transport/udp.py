@@ -8,6 +8,7 @@ with one reception time. Per datagram that leaves one `recvfrom` and a dict look
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -18,6 +19,25 @@ OnFrames = Callable[[list[bytes], str, float], None]
 
 BATCH_DATAGRAMS = 512
 _RECV_BYTES = 65535  # the largest datagram; longer than any message, cut below
+
+
+def socket_drops(sock: socket.socket) -> int:
+    """The kernel's count of datagrams dropped on this socket (full receive buffer), from
+    /proc/net/udp(6): the line whose inode is the socket's."""
+    try:
+        inode = str(os.fstat(sock.fileno()).st_ino)
+    except OSError:
+        return 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as lines:
+                for line in lines:
+                    fields = line.split()
+                    if len(fields) >= 13 and fields[9] == inode:
+                        return int(fields[12])
+        except OSError:
+            continue
+    return 0
 
 
 class UdpListener:
@@ -31,8 +51,18 @@ class UdpListener:
         self._max = max_message_bytes
         self._peers: dict[object, str] = {}
         self.datagrams = 0
+        self.messages = 0
+        self.bytes = 0
         self.truncated = 0
         self._reading = False
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "received_udp": self.messages,
+            "udp_bytes": self.bytes,
+            "udp_truncated": self.truncated,
+            "udp_kernel_drops": socket_drops(self._sock),
+        }
 
     def start(self) -> None:
         asyncio.get_running_loop().add_reader(self._sock.fileno(), self._read)
@@ -56,6 +86,7 @@ class UdpListener:
                 count += 1
                 if not data:  # rsyslog ignores empty datagrams
                     continue
+                self.bytes += len(data)
                 if len(data) > limit:
                     self.truncated += 1
                     data = data[:limit]
@@ -76,6 +107,7 @@ class UdpListener:
         if batches:
             now = time.time()
             for peer, frames in batches.items():
+                self.messages += len(frames)
                 self._on_frames(frames, peer, now)
 
     def _peer(self, host: object, addr: tuple[object, ...]) -> str:

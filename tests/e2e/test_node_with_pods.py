@@ -2,9 +2,10 @@
 
 The node namespace holds flannel's bridge `cni0` at 10.244.2.1/24 and plura-relay started with
 `listen.addresses = ["auto:514"]`, `listen.interface = "cni0"` and the shipped nginx route. Three
-pods run a real rsyslogd with the shipped rsyslog.d snippet (two over UDP, one over TCP) and
-`logger` writes to each pod's own log socket; a fourth pod runs a real nginx with the shipped
-`plura.conf` (access log as syslog to the node) and gets a POST from a client in another pod.
+pods run a real rsyslogd with the shipped rsyslog.d snippet (two over UDP, one over TCP), each
+with a private /dev as a container has, and `logger` writes to that pod's /dev/log; a fourth pod
+runs a real nginx with the shipped `plura.conf` (access log as syslog to the node) and gets a
+POST from a client in another pod.
 
 Expected: `ceelog-10.244.2.{5,6,7}.log` with exactly the logger lines (hostname = the pod's own,
 set in its UTS namespace, which proves the line went through that pod's rsyslogd), the pods
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,23 +156,12 @@ def fill(template: str, **values: object) -> str:
     return template
 
 
-STAND_INS = {
-    POD_UDP_SNIPPET: "*.info @NODE_IP:514\n",
-    POD_TCP_SNIPPET: "*.info @@NODE_IP:514\n",
-    NGINX_PLURA_CONF: (
-        'log_format mod_plura escape=json \'{"remote_addr":"$remote_addr",'
-        '"request_method":"$request_method","request_uri":"$request_uri",'
-        '"request_body":"$request_body","status":"$status"}\';\n'
-        "access_log syslog:server=NODE_IP:514,tag=nginx mod_plura;\n"
-    ),
-}
-
-
 def shipped(path: Path, workdir: Path) -> Path:
-    """The shipped file with NODE_IP replaced by the node's address, written into `workdir`."""
-    text = path.read_text() if path.exists() else STAND_INS[path]
+    """The shipped file with NODE_IP / ${NODE_IP} set to the node's address, in `workdir`."""
+    assert path.exists(), f"{path.relative_to(REPO)} is missing from the repository"
+    text = path.read_text().replace(f"${{{NODE_IP_PLACEHOLDER}}}", NODE_IP)  # nginx: envsubst
     target = workdir / path.name
-    target.write_text(text.replace(NODE_IP_PLACEHOLDER, NODE_IP))
+    target.write_text(text.replace(NODE_IP_PLACEHOLDER, NODE_IP))  # rsyslog.d: sed
     return target
 
 
@@ -274,6 +265,9 @@ def add_pods(node: Topology, tmp_path: Path) -> dict[str, str]:
         READY_TIMEOUT_S,
     )
     assert ready, f"pods' rsyslogd or nginx did not come up\n{node.outputs()}"
+    for pod in SYSLOG_PODS:  # every rsyslog error or warning links its rsyslog.com/e/ page
+        output = node.output(f"rsyslogd-{pod.name}")
+        assert "rsyslog.com/e/" not in output, f"rsyslogd in {pod.hostname}: {output}"
     return netns
 
 
@@ -304,7 +298,7 @@ def read_ceelog(path: Path) -> list[dict[str, str]]:
     return [record["ceelog"] for record in records]
 
 
-def app_lines(path: Path, pod: Pod) -> list[dict[str, str]]:
+def app_lines(path: Path) -> list[dict[str, str]]:
     """Lines of the pod's own programs (rsyslogd also forwards its own start message)."""
     return [line for line in read_ceelog(path) if line["programname"] != "rsyslogd"]
 
@@ -312,7 +306,7 @@ def app_lines(path: Path, pod: Pod) -> list[dict[str, str]]:
 def delivered(log_dir: Path) -> bool:
     weblog = log_dir / "weblog.log"
     return weblog.exists() and all(
-        len(app_lines(log_dir / f"ceelog-{pod.address}.log", pod)) >= MESSAGES_PER_POD
+        len(app_lines(log_dir / f"ceelog-{pod.address}.log")) >= MESSAGES_PER_POD
         for pod in SYSLOG_PODS
     )
 
@@ -332,7 +326,7 @@ def expected_line(pod: Pod, text: str) -> dict[str, str]:
     }
 
 
-def children(state_dir: Path) -> dict[str, dict[str, object]]:
+def children(state_dir: Path) -> dict[str, dict[str, Any]]:
     out = subprocess.run(
         [sys.executable, "-m", "relay", "children", "--state-dir", str(state_dir), "--json"],
         capture_output=True, text=True, check=True, cwd=REPO,
@@ -344,11 +338,46 @@ def children(state_dir: Path) -> dict[str, dict[str, object]]:
 # --------------------------------------------------------------------------- the test
 
 
-@pytest.mark.parametrize(
-    "relay_first", [False, True], ids=["bridge-then-relay", "relay-then-bridge"]
-)
-def test_node_with_pods(node: Topology, tmp_path: Path, relay_first: bool) -> None:
-    log_dir, state_dir = tmp_path / "logs", tmp_path / "state"
+def tcp_peers(node: Topology, netns: str) -> list[str]:
+    """Established TCP connections from `netns` to the node's syslog port."""
+    out = node.run(netns, ["ss", "-Htn", "state", "established", f"dport = :{SYSLOG_PORT}"])
+    return out.splitlines()
+
+
+def check_ceelogs(log_dir: Path) -> None:
+    for pod in SYSLOG_PODS:
+        path = log_dir / f"ceelog-{pod.address}.log"
+        lines = read_ceelog(path)
+        assert all(list(line) == CEE_KEYS for line in lines), lines
+        assert all(datetime.fromisoformat(line["timegenerated"]).tzinfo for line in lines)
+        own = [line for line in lines if line["programname"] == "rsyslogd"]
+        assert all(line["hostname"] == pod.hostname for line in own), own
+        got = [{k: v for k, v in line.items() if k != "timegenerated"}
+               for line in app_lines(path)]  # fmt: skip
+        assert got == [expected_line(pod, text) for text in pod.messages()], path.name
+
+
+def check_weblog(log_dir: Path) -> None:
+    assert not (log_dir / f"ceelog-{WEB_POD.address}.log").exists(), "nginx route did not stop"
+    weblog = (log_dir / "weblog.log").read_text().splitlines()
+    assert len(weblog) == 1, weblog
+    access = json.loads(weblog[0])
+    assert access["request_body"] == POST_BODY, access
+    assert (access["method"], access["uri"]) == ("POST", "/api/login?lang=ko"), access
+    assert access["remote_addr"] == CLIENT_POD.address, access
+
+
+def check_children(state_dir: Path) -> None:
+    found = children(state_dir)
+    assert set(found) == {pod.address for pod in (*SYSLOG_PODS, WEB_POD)}, found
+    for pod in (*SYSLOG_PODS, WEB_POD):
+        assert found[pod.address]["hostname"] == pod.hostname, found[pod.address]
+    for pod in SYSLOG_PODS:
+        assert found[pod.address]["messages"] >= MESSAGES_PER_POD, found[pod.address]
+
+
+def start_node(node: Topology, tmp_path: Path, *, relay_first: bool) -> subprocess.Popen[bytes]:
+    """The node namespace, its bridge and plura-relay listening on the bridge's address."""
     node.add_node()
     if relay_first:
         relay = start_relay(node, tmp_path)
@@ -359,35 +388,25 @@ def test_node_with_pods(node: Topology, tmp_path: Path, relay_first: bool) -> No
         node.add_bridge()
         relay = start_relay(node, tmp_path)
     wait_for_relay(node, relay)
+    return relay
 
+
+@pytest.mark.parametrize(
+    "relay_first", [False, True], ids=["bridge-then-relay", "relay-then-bridge"]
+)
+def test_node_with_pods(node: Topology, tmp_path: Path, relay_first: bool) -> None:
+    log_dir, state_dir = tmp_path / "logs", tmp_path / "state"
+    relay = start_node(node, tmp_path, relay_first=relay_first)
     netns = add_pods(node, tmp_path)
     log_messages(node, netns, tmp_path)
     post_to_nginx(node, netns)
     arrived = wait_until(lambda: delivered(log_dir), DELIVERY_TIMEOUT_S)
+    tcp = {pod.name: len(tcp_peers(node, netns[pod.name])) for pod in SYSLOG_PODS}
     assert stop(relay) == 0, f"plura-relay did not exit cleanly\n{node.outputs()}"
+    assert "Traceback" not in node.output("plura-relay"), node.output("plura-relay")
     assert arrived, f"not everything arrived: {sorted(os.listdir(log_dir))}\n{node.outputs()}"
+    assert tcp == {pod.name: int(pod.transport == "tcp") for pod in SYSLOG_PODS}
 
-    for pod in SYSLOG_PODS:
-        path = log_dir / f"ceelog-{pod.address}.log"
-        lines = read_ceelog(path)
-        assert all(list(line) == CEE_KEYS for line in lines), lines
-        assert all(datetime.fromisoformat(line["timegenerated"]).tzinfo for line in lines)
-        others = [line for line in lines if line["programname"] == "rsyslogd"]
-        assert all(line["hostname"] == pod.hostname for line in others), others
-        got = [{k: v for k, v in line.items() if k != "timegenerated"}
-               for line in app_lines(path, pod)]  # fmt: skip
-        assert got == [expected_line(pod, text) for text in pod.messages()], path.name
-
-    assert not (log_dir / f"ceelog-{WEB_POD.address}.log").exists(), "route did not stop"
-    weblog = (log_dir / "weblog.log").read_text().splitlines()
-    assert len(weblog) == 1, weblog
-    access = json.loads(weblog[0])
-    assert POST_BODY in access.values(), access
-    assert "POST" in access.values() and CLIENT_POD.address in access.values(), access
-
-    found = children(state_dir)
-    pod_ips = {pod.address for pod in SYSLOG_PODS}
-    assert pod_ips <= set(found) <= pod_ips | {WEB_POD.address}, found
-    for pod in SYSLOG_PODS:
-        assert found[pod.address]["hostname"] == pod.hostname, found[pod.address]
-        assert int(found[pod.address]["messages"]) >= MESSAGES_PER_POD, found[pod.address]
+    check_ceelogs(log_dir)
+    check_weblog(log_dir)
+    check_children(state_dir)

@@ -57,6 +57,7 @@ async def running_server(
             "output.log_dir": str(log_dir),
             "state_dir": str(state_dir),
             "output.flush_interval_s": 0.05,
+            "metrics.listen": "127.0.0.1:0",
             "workers": WORKERS[0],
             **(overrides or {}),
         },
@@ -143,7 +144,7 @@ class ServerProcess:
             sys.executable, "-m", "relay", "serve",
             "--listen", f"127.0.0.1:{self.port}",
             "--log-dir", str(self.log_dir), "--state-dir", str(self.state_dir),
-            "--workers", str(WORKERS[0]), *extra,
+            "--workers", str(WORKERS[0]), "--metrics", "127.0.0.1:0", *extra,
         ]  # fmt: skip
         self.stderr_path = tmp_path / f"server-{self.port}.err"
         self.proc: subprocess.Popen[bytes] | None = None

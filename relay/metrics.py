@@ -1,0 +1,149 @@
+"""`/metrics` (Prometheus text format), `/healthz` and `/readyz` over HTTP, off the syslog port.
+
+Nothing is counted here: the collector reads the counters the components already keep, at
+scrape time, so the per-message path pays nothing for metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+Stats = Callable[[], dict[str, float]]
+Readiness = Callable[[], tuple[bool, str]]
+
+HEARTBEAT_S = 1.0
+STALL_S = 5.0  # /healthz fails when the loop has not run the heartbeat for this long
+_PREFIX = "plura_relay_"
+
+# stat key -> (metric name, help, kind, labels)
+_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "received_udp": ("messages_received", "Messages received", {"transport": "udp"}),
+    "received_tcp": ("messages_received", "Messages received", {"transport": "tcp"}),
+    "lines_written": ("lines_written", "Lines written to files", {}),
+    "bytes_written": ("bytes_written", "Bytes written to files", {}),
+    "udp_bytes": ("bytes_received", "Bytes received", {"transport": "udp"}),
+    "tcp_bytes": ("bytes_received", "Bytes received", {"transport": "tcp"}),
+    "general_parse": ("parse_fallbacks", "Messages that took the general parser", {}),
+    "evictions": ("file_evictions", "Output files closed to stay within max_open_files", {}),
+    "tcp_accepted": ("tcp_connections_accepted", "TCP connections accepted", {}),
+    "tcp_framing_errors": ("tcp_framing_errors", "Octet-count framing errors (as imtcp)", {}),
+    "write_failed": ("dropped", "Messages dropped", {"reason": "write_error"}),
+    "udp_truncated": ("truncated", "Messages cut at max_message_bytes", {"transport": "udp"}),
+    "tcp_truncated": ("truncated", "Messages cut at max_message_bytes", {"transport": "tcp"}),
+    "tcp_discarded_bytes": ("discarded_bytes", "Bytes of oversize TCP frames not delivered", {}),
+    "udp_kernel_drops": ("udp_receive_buffer_drops", "Datagrams dropped by the kernel", {}),
+    "refused": ("dropped", "Messages dropped", {"reason": "source_not_allowed"}),
+    "rate_limited": ("dropped", "Messages dropped", {"reason": "rate_limited"}),
+    "tcp_refused_connections": ("tcp_connections_refused", "TCP connections refused", {}),
+    "tcp_idle_closed": ("tcp_connections_idle_closed", "TCP connections closed when idle", {}),
+    "overflow": ("overflow", "Messages of sources beyond max_children (ceelog-overflow.log)", {}),
+}  # fmt: skip
+_GAUGES: dict[str, tuple[str, str]] = {
+    "open_files": ("open_files", "Output files open"),
+    "buffered_bytes": ("buffered_bytes", "Bytes received and not yet written (queue depth)"),
+    "tcp_buffered_bytes": ("tcp_buffered_bytes", "Bytes of partial TCP frames held"),
+    "tcp_connections": ("tcp_connections", "Open TCP connections"),
+    "children": ("children", "Child servers registered"),
+    "children_active": ("children_active", "Child servers heard from recently"),
+    "workers": ("workers", "Worker processes"),
+}
+
+
+class RelayCollector(Collector):
+    def __init__(self, stats: Stats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        values = self._stats()
+        counters: dict[str, CounterMetricFamily] = {}
+        for key, (name, text, labels) in _COUNTERS.items():
+            family = counters.get(name)
+            if family is None:
+                family = counters[name] = CounterMetricFamily(
+                    _PREFIX + name, text, labels=sorted(labels)
+                )
+            if key in values:
+                family.add_metric([labels[k] for k in sorted(labels)], values[key])
+        families: dict[str, Metric] = dict(counters)
+        for key, (name, text) in _GAUGES.items():
+            if key in values:
+                gauge = GaugeMetricFamily(_PREFIX + name, text)
+                gauge.add_metric([], values[key])
+                families[name] = gauge
+        yield from families.values()
+
+
+class HealthServer:
+    """A tiny HTTP/1.1 server on the event loop (GET only; one request per connection)."""
+
+    def __init__(self, address: tuple[str, int], stats: Stats, ready: Readiness) -> None:
+        self._address = address
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(RelayCollector(stats))
+        self._ready = ready
+        self._beat = time.monotonic()
+        self._server: asyncio.Server | None = None
+        self._heart: asyncio.Task[None] | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        host, port = self._address
+        self._server = await asyncio.start_server(self._handle, host or "0.0.0.0", port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._heart = asyncio.get_running_loop().create_task(self._heartbeat())
+        logger.info("metrics and health on http://%s:%d/metrics", host or "0.0.0.0", self.port)
+
+    async def stop(self) -> None:
+        if self._heart is not None:
+            self._heart.cancel()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self._beat = time.monotonic()
+            await asyncio.sleep(HEARTBEAT_S)
+
+    def respond(self, path: str) -> tuple[int, str, bytes]:
+        if path == "/metrics":
+            return 200, "text/plain; version=0.0.4", generate_latest(self._registry)
+        if path == "/healthz":
+            stalled = time.monotonic() - self._beat
+            if stalled > STALL_S:
+                return 503, "text/plain", f"event loop stalled for {stalled:.1f}s\n".encode()
+            return 200, "text/plain", b"ok\n"
+        if path == "/readyz":
+            ready, why = self._ready()
+            return (200 if ready else 503), "text/plain", (why + "\n").encode()
+        return 404, "text/plain", b"not found: try /metrics, /healthz, /readyz\n"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                request = await reader.readuntil(b"\r\n\r\n")
+            method, _, rest = request.decode("latin-1").partition(" ")
+            path = rest.partition(" ")[0].partition("?")[0]
+            status, kind, body = (
+                self.respond(path) if method in ("GET", "HEAD") else (405, "text/plain", b"GET\n")
+            )
+            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}.get(status, "Error")
+            head = (
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + (body if method == "GET" else b""))
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            pass
+        finally:
+            writer.close()
