@@ -15,6 +15,7 @@ import msgspec
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 MessageBytes = Annotated[int, msgspec.Meta(ge=480, le=1 << 20)]
 
 
@@ -45,6 +46,17 @@ class ListenConfig(Base, frozen=True, forbid_unknown_fields=True):
     as rsyslog does, losing one byte at each cut (`rsyslog`, for comparisons only)."""
     drain_timeout_s: PositiveFloat = 1.0
     """At shutdown, how long open TCP connections may still deliver what is in flight."""
+    allowed_sources: list[str] = msgspec.field(default_factory=list)
+    """CIDRs allowed to send (UDP and TCP), checked before any other work. Empty: the bridge's
+    subnet when `auto` bound to a bridge, else everyone."""
+    rate_limit_per_source: NonNegativeFloat = 0.0
+    """Messages per second per source address (0: no limit). Over UDP the excess is dropped
+    and counted; over TCP the connection is paused instead (nothing is lost)."""
+    rate_limit_burst: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    """Open TCP connections at most; more are refused (closed at once) and counted."""
+    idle_timeout_s: NonNegativeFloat = 3600.0
+    """A TCP connection silent for this long is closed (0: never)."""
 
 
 class OutputConfig(Base, frozen=True, forbid_unknown_fields=True):
@@ -56,6 +68,9 @@ class OutputConfig(Base, frozen=True, forbid_unknown_fields=True):
     file_mode: Annotated[int, msgspec.Meta(ge=0, le=0o777)] = 0o640
     dir_mode: Annotated[int, msgspec.Meta(ge=0, le=0o777)] = 0o755
     fsync_on_close: bool = True
+    reopen_check_interval_s: PositiveFloat = 1.0
+    """How often open files are checked (one stat each) for a rename, delete or replace by a
+    log rotator; such a file is reopened by name, no SIGHUP needed."""
 
 
 class ParseConfig(Base, frozen=True, forbid_unknown_fields=True):
@@ -79,6 +94,13 @@ class ChildrenConfig(Base, frozen=True, forbid_unknown_fields=True):
     save_interval_s: PositiveFloat = 1.0
     inactive_after_s: PositiveFloat = 3600.0
     """A child not heard from for this long counts as inactive."""
+    retention_s: NonNegativeFloat = 0.0
+    """Remove an inactive child's ceelog file this long after it became inactive (0: keep)."""
+    max_children: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    """Sources beyond this many go to ceelog-overflow.log and are not registered."""
+    max_new_per_second: PositiveFloat = 100.0
+    """New sources admitted per second (burst: new_sources_burst); beyond, overflow."""
+    new_sources_burst: Annotated[int, msgspec.Meta(ge=1)] = 1000
     hook_backoff_initial_s: PositiveFloat = 1.0
     """First retry delay of a failed hook; doubles (with jitter) up to hook_backoff_max_s."""
     hook_backoff_max_s: PositiveFloat = 300.0
@@ -197,6 +219,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
                 f"{where}listen.addresses: expected HOST:PORT with an IP address, or auto[:PORT]"
                 f" ({exc})"
             ) from exc
+    for cidr in config.listen.allowed_sources:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"{where}listen.allowed_sources: {exc}") from exc
     for index, route in enumerate(config.route):
         for cidr in route.match.source_cidrs:
             try:

@@ -34,6 +34,7 @@ _COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "tcp_bytes": ("bytes_received", "Bytes received", {"transport": "tcp"}),
     "general_parse": ("parse_fallbacks", "Messages that took the general parser", {}),
     "evictions": ("file_evictions", "Output files closed to stay within max_open_files", {}),
+    "rotations": ("file_reopens", "Output files reopened after a rotation was noticed", {}),
     "tcp_accepted": ("tcp_connections_accepted", "TCP connections accepted", {}),
     "tcp_framing_errors": ("tcp_framing_errors", "Octet-count framing errors (as imtcp)", {}),
     "write_failed": ("dropped", "Messages dropped", {"reason": "write_error"}),
@@ -45,6 +46,7 @@ _COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "rate_limited": ("dropped", "Messages dropped", {"reason": "rate_limited"}),
     "tcp_refused_connections": ("tcp_connections_refused", "TCP connections refused", {}),
     "tcp_idle_closed": ("tcp_connections_idle_closed", "TCP connections closed when idle", {}),
+    "tcp_rate_paused": ("tcp_rate_pauses", "Times a TCP sender was paused by the rate limit", {}),
     "overflow": ("overflow", "Messages of sources beyond max_children (ceelog-overflow.log)", {}),
 }  # fmt: skip
 _GAUGES: dict[str, tuple[str, str]] = {

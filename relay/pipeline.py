@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from relay.config import Route
+from relay.limits import Admission
 from relay.message import SyslogMessage
 from relay.parse import MAX_MESSAGE_BYTES, parse
 from relay.parse.fast import CONTROL_BYTES, PRI_VALUES, RFC3164_HEADER
@@ -33,6 +34,9 @@ class HostnameLookup(Protocol):
     def fromhost(self, ip: str) -> bytes: ...
 
 
+OVERFLOW_NAME = "ceelog-overflow.log"
+
+
 def ceelog_name(ip: str) -> str:
     """PLURA's file name for a source: `ceelog-<FROMHOST-IP>.log`."""
     return f"ceelog-{ip}.log"
@@ -50,8 +54,10 @@ class Pipeline:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         rsyslog_sd: bool = False,
         routes: Sequence[Route] = (),
+        admission: Admission | None = None,
     ) -> None:
         self._sink = sink
+        self._admission = admission
         self._router = Router(routes) if routes else None
         self._observer = observer
         self._hostnames = hostnames
@@ -61,6 +67,7 @@ class Pipeline:
         self._names: dict[str, str] = {}
         self.received = 0
         self.general = 0  # frames that took the general parser (odd shapes, control bytes)
+        self.overflow = 0  # messages of sources not admitted (ceelog-overflow.log)
 
     def handle_batch(self, frames: list[bytes], peer: str, received_at: float) -> None:
         """Frames from one peer received together (a TCP read or a UDP batch): one sink call,
@@ -103,10 +110,13 @@ class Pipeline:
             if router is not None and self._route(router, message, peer, timegenerated):
                 continue
             append(template.render_at(message, timegenerated))
+        name = self._names.get(peer) or self._admit(peer, received_at)
         if lines:
-            self._sink.extend(self._name(peer), lines)
+            self._sink.extend(name, lines)
         self.received += len(frames)
-        if self._observer is not None and frames:
+        if name is OVERFLOW_NAME:
+            self.overflow += len(frames)
+        elif self._observer is not None and frames:
             self._observer.observe(peer, hostname, received_at, len(frames))
 
     def _route(self, router: Router, message: SyslogMessage, peer: str, at: bytes) -> bool:
@@ -127,12 +137,13 @@ class Pipeline:
             rsyslog_sd=self._rsyslog_sd,
         )
 
-    def _name(self, peer: str) -> str:
-        name = self._names.get(peer)
-        if name is None:
-            name = self._names[peer] = ceelog_name(peer)
-            if len(self._names) > 100_000:  # a bound, not a cache policy: names are cheap
-                self._names.clear()
+    def _admit(self, peer: str, received_at: float) -> str:
+        """The file of a source not seen lately: its own, or the overflow file."""
+        if self._admission is not None and not self._admission.admit(peer, received_at):
+            return OVERFLOW_NAME  # not cached: a later message may be admitted
+        if len(self._names) >= 100_000:  # a bound, not a cache policy: names are cheap
+            self._names.clear()
+        name = self._names[peer] = ceelog_name(peer)
         return name
 
     def handle(self, frame: bytes, peer: str, received_at: float) -> None:

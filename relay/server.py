@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import msgspec
@@ -24,6 +25,7 @@ from relay.children import Registry
 from relay.config import Config, is_auto, parse_address
 from relay.hooks import Announcer
 from relay.hostnames import DnsHostnames
+from relay.limits import Admission, SourceFilter, TokenBuckets
 from relay.listeners import LISTEN_BACKLOG, BoundSocket, bind_listeners
 from relay.metrics import HealthServer, Readiness, Stats
 from relay.pipeline import Pipeline, SourceObserver
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 Shutdown = Callable[[], Awaitable[object]]
 AUTO_RETRY_S = 1.0
+FD_HEADROOM = 64  # listeners, pipes, registry, metrics
 
 
 class Server:
@@ -44,10 +47,18 @@ class Server:
     """
 
     def __init__(
-        self, config: Config, sockets: list[BoundSocket], *, observer: SourceObserver
+        self,
+        config: Config,
+        sockets: list[BoundSocket],
+        *,
+        observer: SourceObserver,
+        known_sources: Iterable[str] = (),
+        admission_share: int = 1,
     ) -> None:
+        """`known_sources`: children registered before (admitted whatever the limits);
+        `admission_share`: this process's share of max_children (1 of N workers: 1/N)."""
         self.config = config
-        out = config.output
+        out, listen, children = config.output, config.listen, config.children
         self.sink = FileSink(
             out.log_dir,
             max_open_files=out.max_open_files,
@@ -67,7 +78,20 @@ class Server:
             max_message_bytes=config.listen.max_message_bytes,
             rsyslog_sd=config.parse.unterminated_sd == "rsyslog",
             routes=config.route,
+            admission=Admission(
+                known_sources,
+                max(1, children.max_children // admission_share),
+                children.max_new_per_second / admission_share,
+                max(1, children.new_sources_burst // admission_share),
+            ),
         )
+        self.sources = SourceFilter(listen.allowed_sources) if listen.allowed_sources else None
+        self.rate_limit = (
+            TokenBuckets(listen.rate_limit_per_source, listen.rate_limit_burst)
+            if listen.rate_limit_per_source
+            else None
+        )
+        self._tasks: list[asyncio.Task[None]] = []
         self.sockets = sockets
         self.bound = [(s.kind, s.host, s.port) for s in sockets]
         self.udp: list[UdpListener] = []
@@ -83,7 +107,12 @@ class Server:
                     self.pipeline.handle_batch,
                     max_message_bytes=listen.max_message_bytes,
                     oversize=listen.oversize,
+                    sources=self.sources,
+                    rate_limit=self.rate_limit,
+                    max_connections=listen.max_connections,
+                    idle_timeout_s=listen.idle_timeout_s,
                 )
+                self._tasks.append(loop.create_task(tcp.close_idle_forever()))
                 tcp.server = await loop.create_server(
                     tcp.protocol, sock=bound.sock, backlog=LISTEN_BACKLOG
                 )
@@ -93,10 +122,19 @@ class Server:
                     bound.sock,
                     self.pipeline.handle_batch,
                     max_message_bytes=listen.max_message_bytes,
+                    sources=self.sources,
+                    rate_limit=self.rate_limit,
                 )
                 udp.start()
                 self.udp.append(udp)
             logger.info("listening on %s %s:%d", bound.kind, bound.host or "0.0.0.0", bound.port)
+        self._tasks.append(loop.create_task(self._check_rotation_forever()))
+
+    async def _check_rotation_forever(self) -> None:
+        interval = self.config.output.reopen_check_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            self.sink.reopen_rotated()
 
     def stats(self) -> dict[str, float]:
         """Counters and gauges of this process, for /metrics (and for a supervisor)."""
@@ -108,7 +146,9 @@ class Server:
             "write_failed": sink.lines_failed,
             "open_files": sink.open_files,
             "evictions": sink.evictions,
+            "rotations": sink.rotations,
             "buffered_bytes": sink.buffered_bytes,
+            "overflow": pipeline.overflow,
         }
         parts = [udp.stats() for udp in self.udp] + [tcp.stats() for tcp, _ in self.tcp]
         for part in parts:
@@ -127,6 +167,8 @@ class Server:
         self.sink.reopen()
 
     async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         for udp in self.udp:
             udp.close()
         drain_s = self.config.listen.drain_timeout_s
@@ -139,14 +181,17 @@ class Server:
 
 
 def log_dir_writable(log_dir: str) -> tuple[bool, str]:
-    """Try it: create and remove a file (permission bits say nothing for root, nor for a
-    read-only or full filesystem)."""
+    """Try it: write a byte to a file and remove it (permission bits say nothing for root, nor
+    for a read-only or full filesystem)."""
     probe = Path(log_dir) / f".plura-relay-ready-{os.getpid()}"
     try:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.close(fd)
-        probe.unlink()
+        try:
+            os.write(fd, b"\n")
+        finally:
+            os.close(fd)
+            probe.unlink()
     except OSError as exc:
         return False, f"log dir {log_dir} is not writable: {exc.strerror or exc}"
     return True, "ready"
@@ -231,8 +276,13 @@ async def resolve_listen(config: Config) -> Config:
         "listen auto: %s from %s%s", ", ".join(addresses), found.source,
         " (bound ahead of the bridge)" if found.freebind else "",
     )  # fmt: skip
+    # only the pods of this node's network may send, unless configured otherwise
+    allowed = listen.allowed_sources or ([found.network] if found.network else [])
     resolved = msgspec.structs.replace(
-        listen, addresses=addresses, freebind=listen.freebind or found.freebind
+        listen,
+        addresses=addresses,
+        freebind=listen.freebind or found.freebind,
+        allowed_sources=allowed,
     )
     return msgspec.structs.replace(config, listen=resolved)
 
@@ -281,7 +331,8 @@ async def _serve_here(
     loop = asyncio.get_running_loop()
     registry, announcer = open_registry(config)
     [sockets] = bind_listeners(config.listen)
-    server = Server(config, sockets, observer=registry)
+    known = [child.ip for child in registry.children()]
+    server = Server(config, sockets, observer=registry, known_sources=known)
     if signals is not None:
         signals.on_hup = server.reopen
     await server.start_listeners()
@@ -314,7 +365,29 @@ async def _serve_here(
         registry.close()
 
 
+def raise_open_file_limit(wanted: int) -> None:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one: the file cache, sockets and TCP
+    connections all need descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft < wanted:
+        logger.warning(
+            "open file limit %d is below what the configuration may use (%d): lower "
+            "output.max_open_files or listen.max_connections, or raise the limit",
+            soft, wanted,
+        )  # fmt: skip
+
+
 def run(config: Config) -> None:
     """Blocking entry point for the CLI."""
+    raise_open_file_limit(
+        config.output.max_open_files + config.listen.max_connections + FD_HEADROOM
+    )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(config))

@@ -20,11 +20,12 @@ import socket
 import struct
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from relay.children import Registry
+from relay.children import Registry, load_children
 from relay.config import Config
 from relay.listeners import BoundSocket, bind_listeners, close_all
 from relay.metrics import HealthServer
@@ -83,7 +84,10 @@ async def run_worker(config: Config, sockets: list[BoundSocket], report_fd: int)
     """Serve on inherited sockets until SIGTERM/SIGINT, reporting sources to the supervisor."""
     loop = asyncio.get_running_loop()
     tally = SourceTally()
-    server = Server(config, sockets, observer=tally)
+    known = [child.ip for child in load_children(Path(config.state_dir))]
+    server = Server(
+        config, sockets, observer=tally, known_sources=known, admission_share=config.workers
+    )
     signals = Signals()
     signals.install()
     signals.on_hup = server.reopen

@@ -50,6 +50,7 @@ class FileSink:
         self.bytes_written = 0
         self.lines_failed = 0
         self.evictions = 0
+        self.rotations = 0
         self._last_error_log = 0.0
         self._flush_after_s = flush_after_s
         self._schedule = schedule
@@ -97,6 +98,27 @@ class FileSink:
         self.flush()
         for name in list(self._fds):
             self._close(name)
+
+    def reopen_rotated(self) -> int:
+        """Close files that were renamed, deleted or replaced since we opened them (one stat
+        each); the next line reopens them by name. Returns how many. A file truncated in place
+        (copytruncate) needs nothing: O_APPEND writes go to its new end."""
+        rotated = 0
+        for name, fd in list(self._fds.items()):
+            try:
+                opened = os.fstat(fd)
+                current = os.stat(self.directory / name)
+                moved = (opened.st_ino, opened.st_dev) != (current.st_ino, current.st_dev)
+            except FileNotFoundError:
+                moved = True
+            except OSError:
+                continue
+            if moved:
+                self._write(name)  # what is buffered belongs to the file being rotated out
+                self._close(name)
+                rotated += 1
+        self.rotations += rotated
+        return rotated
 
     def close(self) -> None:
         self.flush()

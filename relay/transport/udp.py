@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from relay.limits import SourceFilter, TokenBuckets
 from relay.transport.addresses import peer_ip
 
 OnFrames = Callable[[list[bytes], str, float], None]
@@ -44,12 +45,22 @@ class UdpListener:
     """Reads `sock` on the running loop and calls `on_frames(frames, peer_ip, received_at)`."""
 
     def __init__(
-        self, sock: socket.socket, on_frames: OnFrames, *, max_message_bytes: int = 8096
+        self,
+        sock: socket.socket,
+        on_frames: OnFrames,
+        *,
+        max_message_bytes: int = 8096,
+        sources: SourceFilter | None = None,
+        rate_limit: TokenBuckets | None = None,
     ) -> None:
         self._sock = sock
         self._on_frames = on_frames
         self._max = max_message_bytes
-        self._peers: dict[object, str] = {}
+        self._sources = sources
+        self._rate_limit = rate_limit
+        self._peers: dict[object, str] = {}  # host -> FROMHOST-IP, or "" if not allowed
+        self.refused = 0
+        self.rate_limited = 0
         self.datagrams = 0
         self.messages = 0
         self.bytes = 0
@@ -61,6 +72,8 @@ class UdpListener:
             "received_udp": self.messages,
             "udp_bytes": self.bytes,
             "udp_truncated": self.truncated,
+            "refused": self.refused,
+            "rate_limited": self.rate_limited,
             "udp_kernel_drops": socket_drops(self._sock),
         }
 
@@ -86,14 +99,17 @@ class UdpListener:
                 count += 1
                 if not data:  # rsyslog ignores empty datagrams
                     continue
-                self.bytes += len(data)
-                if len(data) > limit:
-                    self.truncated += 1
-                    data = data[:limit]
                 host = addr[0]
                 peer = peers.get(host)
                 if peer is None:
                     peer = self._peer(host, addr)
+                if not peer:  # not an allowed source: no further work
+                    self.refused += 1
+                    continue
+                self.bytes += len(data)
+                if len(data) > limit:
+                    self.truncated += 1
+                    data = data[:limit]
                 frames = batches.get(peer)
                 if frames is None:
                     batches[peer] = [data]
@@ -107,11 +123,27 @@ class UdpListener:
         if batches:
             now = time.time()
             for peer, frames in batches.items():
+                if self._rate_limit is not None:
+                    frames = self._within_rate(peer, frames, now)
                 self.messages += len(frames)
-                self._on_frames(frames, peer, now)
+                if frames:
+                    self._on_frames(frames, peer, now)
+
+    def _within_rate(self, peer: str, frames: list[bytes], now: float) -> list[bytes]:
+        assert self._rate_limit is not None
+        left = self._rate_limit.take(peer, len(frames), now)
+        if left >= 0:
+            return frames
+        excess = min(len(frames), int(-left) + (-left % 1 > 0))
+        self._rate_limit.give_back(peer, excess)  # what is dropped does not use up the rate
+        self.rate_limited += excess
+        return frames[: len(frames) - excess]
 
     def _peer(self, host: object, addr: tuple[object, ...]) -> str:
         if len(self._peers) > 65536:  # many spoofed senders: a bound, not a cache policy
             self._peers.clear()
-        peer = self._peers[host] = peer_ip(addr)
+        peer = peer_ip(addr)
+        if self._sources is not None and not self._sources.allows(peer):
+            peer = ""
+        self._peers[host] = peer
         return peer
