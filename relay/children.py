@@ -364,12 +364,24 @@ def load_children(state_dir: Path = DEFAULT_STATE_DIR) -> list[Child]:
     return []
 
 
-def format_table(children: Iterable[Child]) -> str:
-    """The human view of `plura-relay children`: one line per child, sorted by address."""
+def is_active(child: Child, now: float, inactive_after_s: float) -> bool:
+    return now - child.last_seen < inactive_after_s
+
+
+def format_table(children: Iterable[Child], *, inactive_after_s: float | None = None) -> str:
+    """The human view of `plura-relay children`: one line per child, sorted by address; with
+    `inactive_after_s`, a STATUS column says which children have gone quiet."""
+    now = time.time()
     header = ("IP", "HOSTNAME", "MESSAGES", "FIRST SEEN", "LAST SEEN", "ANNOUNCED", "VIA")
     rows: list[tuple[str, ...]] = [header]
     rows += [_row(c) for c in sorted(children, key=_ip_key)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    if inactive_after_s is not None:
+        status = ["STATUS"] + [
+            "active" if is_active(c, now, inactive_after_s) else "inactive"
+            for c in sorted(children, key=_ip_key)
+        ]
+        rows = [(*row[:5], status[i], *row[5:]) for i, row in enumerate(rows)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for row in rows:
         cells = [row[i].rjust(w) if i == 2 else row[i].ljust(w) for i, w in enumerate(widths)]

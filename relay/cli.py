@@ -17,7 +17,7 @@ import msgspec
 
 from relay import __version__
 from relay.children import format_table as format_children
-from relay.children import load_children
+from relay.children import is_active, load_children
 from relay.config import ConfigError, load_config, parse_address
 from relay.logs import setup_logging
 
@@ -121,10 +121,16 @@ def children(config: str | None, state_dir: str | None, as_json: bool) -> None:
     """List the child servers registered so far (works while the server runs or is stopped)."""
     cfg = _load(config, {"state_dir": state_dir} if state_dir else {})
     found = load_children(Path(cfg.state_dir))
+    inactive_after_s = cfg.children.inactive_after_s
     if as_json:
-        click.echo(msgspec.json.format(msgspec.json.encode(found)).decode())
+        now = time.time()
+        listed = [
+            {**msgspec.structs.asdict(c), "active": is_active(c, now, inactive_after_s)}
+            for c in found
+        ]
+        click.echo(msgspec.json.format(msgspec.json.encode(listed)).decode())
     else:
-        click.echo(format_children(found))
+        click.echo(format_children(found, inactive_after_s=inactive_after_s))
 
 
 @main.command()

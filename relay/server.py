@@ -28,7 +28,7 @@ from relay.hostnames import DnsHostnames
 from relay.limits import Admission, SourceFilter, TokenBuckets
 from relay.listeners import LISTEN_BACKLOG, BoundSocket, bind_listeners
 from relay.metrics import HealthServer, Readiness, Stats
-from relay.pipeline import Pipeline, SourceObserver
+from relay.pipeline import Pipeline, SourceObserver, ceelog_name
 from relay.sinks.files import FileSink
 from relay.transport.tcp import TcpListener
 from relay.transport.udp import UdpListener
@@ -218,6 +218,26 @@ async def start_health(health: HealthServer) -> None:
         logger.error("cannot serve metrics and health: %s", exc)
 
 
+async def remove_expired_forever(registry: Registry, config: Config) -> None:
+    """children.retention_s: remove the ceelog file of a child inactive for that much longer."""
+    children = config.children
+    if not children.retention_s:
+        return
+    expiry_s = children.inactive_after_s + children.retention_s
+    while True:
+        await asyncio.sleep(min(expiry_s / 4, 60.0))
+        cutoff = time.time() - expiry_s
+        for child in registry.children():
+            path = Path(config.output.log_dir) / ceelog_name(child.ip)
+            if child.last_seen < cutoff and path.exists():
+                try:
+                    path.unlink()
+                    since = time.strftime("%Y-%m-%d %H:%M", time.localtime(child.last_seen))
+                    logger.info("removed %s: child %s inactive since %s", path, child.ip, since)
+                except OSError as exc:
+                    logger.warning("cannot remove %s: %s", path, exc)
+
+
 def open_registry(config: Config) -> tuple[Registry, Announcer]:
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
     registry = Registry(Path(config.state_dir), save_interval_s=config.children.save_interval_s)
@@ -339,6 +359,7 @@ async def _serve_here(
     background = [
         loop.create_task(registry.run_saver()),
         loop.create_task(announcer.run(registry)),
+        loop.create_task(remove_expired_forever(registry, config)),
     ]
     inactive_after_s = config.children.inactive_after_s
     health = health_server(

@@ -37,6 +37,7 @@ from relay.server import (
     log_dir_writable,
     open_registry,
     registry_stats,
+    remove_expired_forever,
     start_health,
 )
 
@@ -283,7 +284,11 @@ async def supervise(
     supervisor = Supervisor(config, workers)
     if signals is not None:
         signals.on_hup = lambda: supervisor.forward(signal.SIGHUP)
-    background = [loop.create_task(registry.run_saver()), loop.create_task(announcer.run(registry))]
+    background = [
+        loop.create_task(registry.run_saver()),
+        loop.create_task(announcer.run(registry)),
+        loop.create_task(remove_expired_forever(registry, config)),
+    ]
     try:
         for worker in workers:
             await worker.start()

@@ -247,3 +247,36 @@ async def test_max_connections(tmp_path: Path, workers: int) -> None:
         finally:
             for conn in conns:
                 conn.close()
+
+
+def test_inactive_children_are_listed_and_their_files_removed_after_retention(
+    tmp_path: Path,
+) -> None:
+    import json as json_module
+
+    from click.testing import CliRunner
+
+    from relay.cli import main
+    from tests.integration.conftest import ServerProcess
+
+    config = tmp_path / "c.toml"
+    config.write_text("[children]\ninactive_after_s = 0.5\nretention_s = 1.0\n")
+    srv = ServerProcess(tmp_path, "--config", str(config)).start()
+    try:
+        send_udp(srv.port, [MSG], source="127.0.0.2")
+        deadline = time.monotonic() + 10
+        while not srv.file("127.0.0.2").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        args = ["children", "--config", str(config), "--state-dir", str(srv.state_dir)]
+        time.sleep(1.2)  # a save has happened; the child has gone quiet
+        table = CliRunner().invoke(main, args).output
+        assert "inactive" in table.splitlines()[1]
+        [child] = json_module.loads(CliRunner().invoke(main, [*args, "--json"]).output)
+        assert child["active"] is False
+        while srv.file("127.0.0.2").exists():  # retention: removed after 0.5 + 1.0 s
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert "removed" in srv.log and "inactive since" in srv.log
+    finally:
+        assert srv.stop() == 0
