@@ -8,17 +8,7 @@ from hypothesis import strategies as st
 from relay.parse import parse
 from relay.pipeline import Pipeline, ceelog_name
 from relay.template import CeeTemplate
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.files: dict[str, list[bytes]] = {}
-
-    def append(self, name: str, line: bytes) -> None:
-        self.files.setdefault(name, []).append(line)
-
-    def extend(self, name: str, lines: list[bytes]) -> None:
-        self.files.setdefault(name, []).extend(lines)
+from tests.memory_sink import Lines
 
 
 class Sources:

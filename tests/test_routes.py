@@ -12,6 +12,7 @@ from relay.config import Route
 from relay.parse import parse
 from relay.pipeline import Pipeline
 from relay.routes import NO_ROUTE, Router, Target
+from tests.memory_sink import Lines
 
 
 def route(**fields: Any) -> Route:
@@ -64,17 +65,6 @@ def test_stop_false_continues_to_later_routes_and_ceelog() -> None:
     )
     assert router.decide(b"su", b"su:", 34, "1.2.3.4").ceelog is False
     assert router.decide(b"a", b"a:", 13, "1.2.3.4").ceelog is True
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.files: dict[str, list[bytes]] = {}
-
-    def append(self, name: str, line: bytes) -> None:
-        self.files.setdefault(name, []).append(line)
-
-    def extend(self, name: str, lines: list[bytes]) -> None:
-        self.files.setdefault(name, []).extend(lines)
 
 
 ACCESS = b'{"remote_addr":"10.244.2.6","request":"POST /api HTTP/1.1","request_body":"{\\"a\\":1}"}'
