@@ -81,3 +81,14 @@ def test_send_tcp_octet_counting() -> None:
         conn, _ = server.accept()
         with conn:
             assert conn.recv(100) == b"5 <13>a6 <13>bc"
+
+
+def test_rsyslog_conf_prints_the_pod_snippet() -> None:
+    runner = CliRunner()
+    udp = runner.invoke(main, ["rsyslog-conf", "--node-ip", "10.244.2.1"])
+    tcp = runner.invoke(main, ["rsyslog-conf", "--node-ip", "10.244.2.1", "--tcp"])
+    assert udp.exit_code == 0 and "*.info @10.244.2.1:514" in udp.output
+    assert tcp.exit_code == 0 and 'TCP_Framing="octet-counted"' in tcp.output
+    assert "imklog" not in [line.strip() for line in udp.output.splitlines() if "load" in line]
+    bad = runner.invoke(main, ["rsyslog-conf", "--node-ip", "not an ip; rm -rf /"])
+    assert bad.exit_code != 0

@@ -4,15 +4,63 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from relay.config import ConfigError, load_config, parse_address
+from relay.config import (
+    ChildrenConfig,
+    Config,
+    ConfigError,
+    HostnameConfig,
+    ListenConfig,
+    LogConfig,
+    MetricsConfig,
+    OutputConfig,
+    ParseConfig,
+    load_config,
+    parse_address,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_shipped_config_is_the_defaults() -> None:
-    assert load_config(ROOT / "conf" / "plura-relay.toml") == load_config()
+def test_shipped_config_is_production_defaults() -> None:
+    """conf/plura-relay.toml: the built-in defaults except where a node needs otherwise."""
+    shipped = load_config(ROOT / "conf" / "plura-relay.toml")
+    assert shipped.listen.addresses == ["auto:514"]
+    assert shipped.listen.interface == "cni0"
+    assert shipped.output.log_dir == "/var/log/plura"
+    assert shipped.state_dir == "/var/lib/plura-relay"
+    [route] = shipped.route
+    assert (route.file, route.template, route.stop) == ("weblog.log", "msg", True)
+    assert route.match.syslogtag_contains == "nginx"
+    production = {"listen": {"addresses", "interface"}, "route": None}
+    defaults = load_config()
+    for section, fields in production.items():
+        if fields is None:
+            continue
+        for name in msgspec.structs.fields(type(getattr(shipped, section))):
+            if name.name not in fields:
+                assert getattr(getattr(shipped, section), name.name) == getattr(
+                    getattr(defaults, section), name.name
+                ), f"{section}.{name.name}"
+    for name in ("output", "parse", "hostname", "children", "metrics", "log"):
+        assert getattr(shipped, name) == getattr(defaults, name), name
+
+
+def test_shipped_config_has_every_key_commented() -> None:
+    text = (ROOT / "conf" / "plura-relay.toml").read_text()
+    lines = text.splitlines()
+    sections = {"": Config, "listen": ListenConfig, "output": OutputConfig, "parse": ParseConfig,
+                "hostname": HostnameConfig, "children": ChildrenConfig, "metrics": MetricsConfig,
+                "log": LogConfig}  # fmt: skip
+    for section, struct in sections.items():
+        for field in msgspec.structs.fields(struct):
+            if msgspec.inspect.type_info(field.type).__class__.__name__ == "StructType":
+                continue
+            if field.name == "route":
+                continue
+            assert any(line.startswith(f"{field.name} = ") for line in lines), (section, field.name)
 
 
 def test_file_overrides_defaults_and_flags_override_file(tmp_path: Path) -> None:
