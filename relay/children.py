@@ -147,18 +147,31 @@ class Registry:
 
     # -- hot path ---------------------------------------------------------------------------
 
-    def observe(self, ip: str, hostname: bytes, received_at: float, count: int = 1) -> None:
-        """Record `count` messages from `ip`: O(1), no allocation unless `ip` is new."""
+    def observe(
+        self,
+        ip: str,
+        hostname: bytes,
+        received_at: float,
+        count: int = 1,
+        via: str | None = None,
+    ) -> None:
+        """Record `count` messages from `ip` (through relay `via`, if stamped with an origin
+        address): O(1), no allocation unless `ip` is new."""
         entry = self._entries.get(ip)
         if entry is None:
-            self._register(ip, hostname, received_at, count)
+            self._register(ip, hostname, received_at, count, via)
             return
         entry.last_seen = received_at
         entry.hostname = hostname
         entry.messages += count
+        if via is not None and entry.via != via:
+            entry.via = via
+            self._dirty = True
 
-    def _register(self, ip: str, hostname: bytes, received_at: float, count: int) -> None:
-        entry = _Entry(received_at, received_at, hostname, count, False, None)
+    def _register(
+        self, ip: str, hostname: bytes, received_at: float, count: int, via: str | None
+    ) -> None:
+        entry = _Entry(received_at, received_at, hostname, count, False, via)
         self._entries[ip] = entry
         self._fresh.append(ip)
         self._dirty = True

@@ -134,6 +134,14 @@ class Route(Base, frozen=True, forbid_unknown_fields=True):
     match: RouteMatch = msgspec.field(default_factory=RouteMatch)
 
 
+class OriginConfig(Base, frozen=True, forbid_unknown_fields=True):
+    trust_origip: bool = False
+    """Honour PLURA's `[origip=<ip>]` relay stamp: file the message under that address, strip
+    the stamp from msg, and register the child under it (with the relay as `via`)."""
+    trusted_sources: list[str] = msgspec.field(default_factory=list)
+    """CIDRs of the relays / NAT addresses whose stamps are honoured; others' stay text."""
+
+
 class MetricsConfig(Base, frozen=True, forbid_unknown_fields=True):
     listen: str = "127.0.0.1:9514"
     """HTTP `HOST:PORT` for /metrics, /healthz and /readyz; "" turns it off."""
@@ -152,6 +160,7 @@ class Config(Base, frozen=True, forbid_unknown_fields=True):
     parse: ParseConfig = msgspec.field(default_factory=ParseConfig)
     hostname: HostnameConfig = msgspec.field(default_factory=HostnameConfig)
     children: ChildrenConfig = msgspec.field(default_factory=ChildrenConfig)
+    origin: OriginConfig = msgspec.field(default_factory=OriginConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     route: list[Route] = msgspec.field(default_factory=list)
@@ -219,11 +228,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
                 f"{where}listen.addresses: expected HOST:PORT with an IP address, or auto[:PORT]"
                 f" ({exc})"
             ) from exc
-    for cidr in config.listen.allowed_sources:
+    if config.origin.trust_origip and not config.origin.trusted_sources:
+        raise ConfigError(f"{where}origin.trusted_sources: expected the relays' CIDRs")
+    for cidr in [*config.listen.allowed_sources, *config.origin.trusted_sources]:
         try:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError as exc:
-            raise ConfigError(f"{where}listen.allowed_sources: {exc}") from exc
+            raise ConfigError(f"{where}allowed_sources / trusted_sources: {exc}") from exc
     for index, route in enumerate(config.route):
         for cidr in route.match.source_cidrs:
             try:

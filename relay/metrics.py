@@ -47,6 +47,8 @@ _COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "tcp_refused_connections": ("tcp_connections_refused", "TCP connections refused", {}),
     "tcp_idle_closed": ("tcp_connections_idle_closed", "TCP connections closed when idle", {}),
     "tcp_rate_paused": ("tcp_rate_pauses", "Times a TCP sender was paused by the rate limit", {}),
+    "origin_stamped": ("origin_stamped", "Messages filed under their [origip=] address", {}),
+    "origin_invalid": ("origin_invalid", "[origip=] stamps without a valid address (ignored)", {}),
     "overflow": ("overflow", "Messages of sources beyond max_children (ceelog-overflow.log)", {}),
 }  # fmt: skip
 _GAUGES: dict[str, tuple[str, str]] = {

@@ -8,9 +8,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+import msgspec
+
 from relay.config import Route
-from relay.limits import Admission
+from relay.limits import Admission, SourceFilter
 from relay.message import SyslogMessage
+from relay.origin import split_origin
 from relay.parse import MAX_MESSAGE_BYTES, parse
 from relay.parse.fast import CONTROL_BYTES, PRI_VALUES, RFC3164_HEADER
 from relay.parse.rfc3164 import TAG_MAX_BYTES
@@ -27,7 +30,9 @@ class LineSink(Protocol):
 
 
 class SourceObserver(Protocol):
-    def observe(self, ip: str, hostname: bytes, received_at: float, count: int = 1) -> None: ...
+    def observe(
+        self, ip: str, hostname: bytes, received_at: float, count: int = 1, via: str | None = None
+    ) -> None: ...
 
 
 class HostnameLookup(Protocol):
@@ -55,8 +60,12 @@ class Pipeline:
         rsyslog_sd: bool = False,
         routes: Sequence[Route] = (),
         admission: Admission | None = None,
+        trusted_relays: SourceFilter | None = None,
     ) -> None:
+        """`trusted_relays`: senders whose `[origip=...]` stamps are honoured (relay.origin)."""
         self._sink = sink
+        self._relays = trusted_relays
+        self._is_relay: dict[str, bool] = {}
         self._admission = admission
         self._router = Router(routes) if routes else None
         self._observer = observer
@@ -68,6 +77,8 @@ class Pipeline:
         self.received = 0
         self.general = 0  # frames that took the general parser (odd shapes, control bytes)
         self.overflow = 0  # messages of sources not admitted (ceelog-overflow.log)
+        self.origin_stamped = 0  # messages filed under their `[origip=...]` address
+        self.origin_invalid = 0  # stamps from trusted relays that held no valid address
 
     def handle_batch(self, frames: list[bytes], peer: str, received_at: float) -> None:
         """Frames from one peer received together (a TCP read or a UDP batch): one sink call,
@@ -78,6 +89,9 @@ class Pipeline:
         between; the result is what render(parse(frame)) gives (tests/test_pipeline.py checks
         it). Anything else takes the general path.
         """
+        if self._relays is not None and self._relayed(peer):
+            self._handle_relayed(frames, peer, received_at)
+            return
         template, router = self._template, self._router
         timegenerated = template.timegenerated(received_at)
         headers, header_for = template.headers, template.header
@@ -118,6 +132,40 @@ class Pipeline:
             self.overflow += len(frames)
         elif self._observer is not None and frames:
             self._observer.observe(peer, hostname, received_at, len(frames))
+
+    def _relayed(self, peer: str) -> bool:
+        relayed = self._is_relay.get(peer)
+        if relayed is None:
+            assert self._relays is not None
+            relayed = self._is_relay[peer] = self._relays.allows(peer)
+            if len(self._is_relay) > 100_000:
+                self._is_relay.clear()
+        return relayed
+
+    def _handle_relayed(self, frames: list[bytes], relay: str, received_at: float) -> None:
+        """Messages from a trusted relay: each is filed under its stamped origin address."""
+        timegenerated = self._template.timegenerated(received_at)
+        for frame in frames:
+            message = self._parse(frame, relay, received_at)
+            origin, msg, invalid = split_origin(message.msg)
+            self.origin_invalid += invalid
+            source, via = relay, None
+            if origin is not None:
+                self.origin_stamped += 1
+                source, via = origin, relay
+                message = msgspec.structs.replace(message, msg=msg, peer=origin)
+            self.received += 1
+            name = self._names.get(source) or self._admit(source, received_at)
+            if self._router is not None and self._route(
+                self._router, message, source, timegenerated
+            ):
+                pass
+            else:
+                self._sink.append(name, self._template.render_at(message, timegenerated))
+            if name is OVERFLOW_NAME:
+                self.overflow += 1
+            elif self._observer is not None:
+                self._observer.observe(source, message.hostname, received_at, 1, via)
 
     def _route(self, router: Router, message: SyslogMessage, peer: str, at: bytes) -> bool:
         """Write `message` to the files of the routes it matches; True if one of them stops."""

@@ -84,6 +84,9 @@ class Server:
                 children.max_new_per_second / admission_share,
                 max(1, children.new_sources_burst // admission_share),
             ),
+            trusted_relays=(
+                SourceFilter(config.origin.trusted_sources) if config.origin.trust_origip else None
+            ),
         )
         self.sources = SourceFilter(listen.allowed_sources) if listen.allowed_sources else None
         self.rate_limit = (
@@ -149,6 +152,8 @@ class Server:
             "rotations": sink.rotations,
             "buffered_bytes": sink.buffered_bytes,
             "overflow": pipeline.overflow,
+            "origin_stamped": pipeline.origin_stamped,
+            "origin_invalid": pipeline.origin_invalid,
         }
         parts = [udp.stats() for udp in self.udp] + [tcp.stats() for tcp, _ in self.tcp]
         for part in parts:

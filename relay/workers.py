@@ -49,7 +49,7 @@ STOP_TIMEOUT_S = 30.0
 STARTUP_TIMEOUT_S = 30.0
 CONFIG_ENV = "PLURA_RELAY_WORKER_CONFIG"
 
-Sources = list[tuple[str, bytes, float, int]]
+Sources = list[tuple[str, bytes, float, int, str | None]]
 Report = tuple[Sources, dict[str, float]]  # sources seen since the last report, stats now
 _encode_report = msgspec.msgpack.Encoder().encode
 _decode_report = msgspec.msgpack.Decoder(Report).decode
@@ -64,18 +64,22 @@ class SourceTally:
     def __init__(self) -> None:
         self._sources: dict[str, list[Any]] = {}
 
-    def observe(self, ip: str, hostname: bytes, received_at: float, count: int = 1) -> None:
+    def observe(
+        self, ip: str, hostname: bytes, received_at: float, count: int = 1, via: str | None = None
+    ) -> None:
         entry = self._sources.get(ip)
         if entry is None:
-            self._sources[ip] = [hostname, received_at, count]
+            self._sources[ip] = [hostname, received_at, count, via]
         else:
             entry[0] = hostname
             entry[1] = received_at
             entry[2] += count
+            if via is not None:
+                entry[3] = via
 
     def drain(self) -> Sources:
         sources, self._sources = self._sources, {}
-        return [(ip, e[0], e[1], e[2]) for ip, e in sources.items()]
+        return [(ip, e[0], e[1], e[2], e[3]) for ip, e in sources.items()]
 
 
 # -- worker side ------------------------------------------------------------------------------
@@ -162,8 +166,8 @@ class _ReportReader(asyncio.Protocol):
             if not self.ready.done():
                 self.ready.set_result(None)
             sources, self.stats = _decode_report(payload)
-            for ip, hostname, last_seen, count in sources:
-                self._registry.observe(ip, hostname, last_seen, count)
+            for ip, hostname, last_seen, count, via in sources:
+                self._registry.observe(ip, hostname, last_seen, count, via)
 
     def connection_lost(self, exc: Exception | None) -> None:
         for future in (self.ready, self.closed):

@@ -15,6 +15,7 @@ from relay.config import (
     ListenConfig,
     LogConfig,
     MetricsConfig,
+    OriginConfig,
     OutputConfig,
     ParseConfig,
     load_config,
@@ -44,7 +45,7 @@ def test_shipped_config_is_production_defaults() -> None:
                 assert getattr(getattr(shipped, section), name.name) == getattr(
                     getattr(defaults, section), name.name
                 ), f"{section}.{name.name}"
-    for name in ("output", "parse", "hostname", "children", "metrics", "log"):
+    for name in ("output", "parse", "hostname", "children", "origin", "metrics", "log"):
         assert getattr(shipped, name) == getattr(defaults, name), name
 
 
@@ -53,6 +54,7 @@ def test_shipped_config_has_every_key_commented() -> None:
     lines = text.splitlines()
     sections = {"": Config, "listen": ListenConfig, "output": OutputConfig, "parse": ParseConfig,
                 "hostname": HostnameConfig, "children": ChildrenConfig, "metrics": MetricsConfig,
+                "origin": OriginConfig,
                 "log": LogConfig}  # fmt: skip
     for section, struct in sections.items():
         for field in msgspec.structs.fields(struct):

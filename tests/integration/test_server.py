@@ -361,3 +361,18 @@ def test_listen_auto_binds_ahead_of_the_bridge_with_flannel_subnet(tmp_path: Pat
     assert proc.returncode == 0, err
     assert "listen auto: 10.244.77.1:5599 from " in err and "bound ahead of the bridge" in err
     assert "listening on udp 10.244.77.1:5599" in err
+
+
+async def test_origin_stamp_from_a_trusted_relay(tmp_path: Path) -> None:
+    overrides = {"origin.trust_origip": True, "origin.trusted_sources": ["127.0.0.50/32"]}
+    async with running_server(tmp_path, overrides) as srv:
+        send_tcp(
+            srv.port,
+            lf([b"<13>Jan  5 10:11:12 pod-a app: [origip=10.244.2.5] hi"]),
+            source="127.0.0.50",
+        )
+        [line] = await wait_for_lines(srv.file("10.244.2.5"), 1)
+    assert (line["hostname"], line["msg"]) == ("pod-a", " hi")
+    children = {c.ip: c for c in load_children(srv.state_dir)}
+    assert children["10.244.2.5"].via == "127.0.0.50"
+    assert "127.0.0.50" not in children

@@ -1,0 +1,1 @@
+"""Fuzzing plura-relay: atheris harnesses, their seed corpora and the invariants they check."""
