@@ -26,7 +26,9 @@ _PROGRAMNAME = re.compile(rb"[^:\[/\x00-\x1f\x7f-\xff]*")
 
 def sanitize(raw: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> bytes:
     """rsyslog's SanitizeMsg: drop one trailing NUL, then one trailing LF; control bytes
-    become `#ooo` (octal); the result is capped at `max_bytes`."""
+    become `#ooo` (octal), and the escaped result (which can grow fourfold) is capped at
+    `max_bytes`. The frame itself is already at most `max_bytes`: transports and the framer
+    cut it there."""
     if raw.endswith(b"\x00"):
         raw = raw[:-1]
     if raw.endswith(b"\n"):

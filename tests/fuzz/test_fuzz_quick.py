@@ -86,7 +86,7 @@ def corpus_frames() -> list[bytes]:
 # -- parse, render, pipeline ----------------------------------------------------------------------
 
 
-@settings(max_examples=2500, deadline=None)
+@settings(max_examples=2000, deadline=None)
 @given(frame=FRAMES)
 def test_parse_and_render(frame: bytes) -> None:
     check_render(check_parse(frame))
@@ -139,8 +139,9 @@ LINEAR_CASES = [
     pytest.param(b"<13>2024-01-05T10:11:12." + b"1" * LONG + b"Z h t: x", id="3164-secfrac"),
     pytest.param(b"<" + b"0" * LONG + b">x", id="pri-zeros"),
     pytest.param(b"<13>" + b"\x01" * LONG, id="control-bytes"),
-    # found by the fuzzer (fuzz/crashes/slow-5424-app-name.bin): quadratic backtracking over a
-    # long APP-NAME before the programname part became possessive
+    # fuzz/crashes/slow-5424-app-name.bin: quadratic backtracking over a long APP-NAME before
+    # the programname part became possessive (found reading the regex, confirmed by this check;
+    # the atheris run's inputs stayed too short to trip it, see fuzz/README.md)
     pytest.param(b"<13>1 - h " + b"A" * LONG + b" p m x", id="5424-app-invalid-sd"),
     pytest.param(b"<13>1 - h " + b"A" * LONG, id="5424-app-to-the-end"),
 ]
@@ -161,7 +162,7 @@ STREAMS = st.lists(STREAM_PIECES, max_size=30).map(b"".join) | st.binary(max_siz
 CHUNKINGS = st.lists(st.lists(st.integers(0, 9), min_size=1, max_size=5), max_size=3)
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     stream=STREAMS,
     chunkings=CHUNKINGS,
