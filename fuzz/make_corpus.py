@@ -11,15 +11,12 @@ it again adds nothing twice and keeps what the fuzzers found.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 FUZZ_DIR = Path(__file__).resolve().parent
-TESTS_CORPUS_DIR = FUZZ_DIR.parent / "tests" / "corpus"
 # framing streams stay short (a few lines each): the harness feeds them byte by byte
 FRAMING_LINE_MAX_BYTES = 400
 
@@ -121,17 +118,6 @@ SEED_LINES: list[bytes] = [
 ]
 
 
-def frames_from_tests_corpus() -> list[bytes]:
-    frames = []
-    for path in sorted(TESTS_CORPUS_DIR.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                record = json.loads(line)
-                raw = record.get("raw")
-                frames.append(raw.encode() if raw is not None else base64.b64decode(record["b64"]))
-    return frames
-
-
 def framing_seeds(lines: list[bytes]) -> Iterable[bytes]:
     """Streams behind a parameter header (see fuzz_framing.decode)."""
     lines = [line for line in lines if len(line) <= FRAMING_LINE_MAX_BYTES]
@@ -168,7 +154,10 @@ def write(directory: Path, inputs: Iterable[bytes]) -> int:
 
 
 def main() -> int:
-    lines = SEED_LINES + frames_from_tests_corpus()
+    sys.path.insert(0, str(FUZZ_DIR.parent))  # run as a script: the repo's tests/ package
+    from tests.rsyslogd import load_corpus  # the ~500 real-world messages of tests/corpus
+
+    lines = SEED_LINES + [message.raw for message in load_corpus()]
     parse_new = write(FUZZ_DIR / "corpus-parse", lines)
     framing_new = write(FUZZ_DIR / "corpus-framing", framing_seeds(lines))
     print(f"corpus-parse: {parse_new} new seeds; corpus-framing: {framing_new} new seeds")

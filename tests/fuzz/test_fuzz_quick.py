@@ -12,8 +12,6 @@ long atheris runs). The properties are fuzz/invariants.py's, shared with the ath
 
 from __future__ import annotations
 
-import base64
-import json
 from pathlib import Path
 
 import pytest
@@ -30,8 +28,8 @@ from fuzz.invariants import (
     check_rfc3164,
     run_framer,
 )
+from tests.rsyslogd import load_corpus
 
-CORPUS_DIR = Path(__file__).parent.parent / "corpus"
 CRASHES_DIR = Path(__file__).parent.parent.parent / "fuzz" / "crashes"
 
 # Pieces of syslog headers and the bytes that make parsers branch: PRI forms, the RFC 5424
@@ -72,17 +70,6 @@ OPTIONS = st.fixed_dictionaries(
 )
 
 
-def corpus_frames() -> list[bytes]:
-    frames = []
-    for path in sorted(CORPUS_DIR.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                record = json.loads(line)
-                raw = record.get("raw")
-                frames.append(raw.encode() if raw is not None else base64.b64decode(record["b64"]))
-    return frames
-
-
 # -- parse, render, pipeline ----------------------------------------------------------------------
 
 
@@ -114,7 +101,7 @@ def test_pipeline_batch_equals_render_of_parse(
 
 
 def test_corpus() -> None:
-    frames = corpus_frames()
+    frames = [message.raw for message in load_corpus()]
     assert len(frames) > 400
     for frame in frames:
         check_render(check_parse(frame))
