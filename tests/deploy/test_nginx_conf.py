@@ -37,6 +37,16 @@ SYSLOG_LINE = re.compile(rb"<190>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ nginx:
 TIMEOUT_S = 10.0
 
 
+def start_nginx(nginx: str, conf: Path) -> subprocess.Popen[bytes]:
+    """nginx in the foreground on a test config (stopped by the caller, by pid)."""
+    return subprocess.Popen(
+        nginx_command(nginx, conf, "-g", "daemon off;"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def substitute(text: str, old: str, new: str, count: int = 1) -> str:
     assert text.count(old) == count, f"expecting {old!r} {count} time(s)"
     return text.replace(old, new)
@@ -119,12 +129,7 @@ def site(
         http_port=free_port(),
         app_port=free_port(),
     )
-    proc = subprocess.Popen(
-        nginx_command(nginx, site.conf, "-g", "daemon off;"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_nginx(nginx, site.conf)
     try:
         wait_for_http(site.http_port, proc)
         yield site
@@ -225,12 +230,7 @@ def test_return_alone_does_not_read_the_body(
     server = tmp_path / "plura-server.conf"
     proxy = f"proxy_pass http://127.0.0.1:{app_port};"
     server.write_text(substitute(server.read_text(), proxy, 'return 200 "ok\\n";'))
-    proc = subprocess.Popen(
-        nginx_command(nginx, site.conf, "-g", "daemon off;"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_nginx(nginx, site.conf)
     try:
         wait_for_http(site.http_port, proc)
         request = urllib.request.Request(
