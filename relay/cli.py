@@ -1,4 +1,4 @@
-"""Command line: `plura-relay serve | check-config | children | send`.
+"""Command line: `plura-relay serve | check-config | children | send | status | spool stats`.
 
 Flags become overrides on top of the config file (only flags actually given override).
 """
@@ -101,7 +101,7 @@ def worker(index: int, report_fd: int, sockets: tuple[str, ...]) -> None:
     cfg = worker_config()
     setup_logging(cfg.log.level, cfg.log.format, tag=f"worker {index}")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(run_worker(cfg, worker_sockets(list(sockets)), report_fd))
+        runner.run(run_worker(cfg, worker_sockets(list(sockets)), report_fd, index))
 
 
 @main.command("check-config")
@@ -151,6 +151,28 @@ def status(config: str | None, url: str | None) -> None:
         click.echo(format_status(fetch_status(url)))
     except OSError as exc:
         raise click.ClickException(f"cannot reach {url}: {exc}") from exc
+
+
+@main.group()
+def spool() -> None:
+    """The disk spools of the [[forward]] targets."""
+
+
+@spool.command("stats")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="Where the spools are.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def spool_stats(config: str | None, state_dir: str | None, as_json: bool) -> None:
+    """Per target: messages spooled and not yet confirmed delivered, bytes, oldest age."""
+    from relay.spool_report import format_report, spool_report
+
+    cfg = _load(config, {"state_dir": state_dir} if state_dir else {})
+    report = spool_report(cfg.state_dir, [f.name for f in cfg.forward])
+    if as_json:
+        rows = [row._asdict() for row in report]
+        click.echo(msgspec.json.format(msgspec.json.encode(rows)).decode())
+    else:
+        click.echo(format_report(report))
 
 
 @main.command("rsyslog-conf")

@@ -23,6 +23,19 @@ class Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pass
 
 
+class ListenTls(Base, frozen=True, forbid_unknown_fields=True):
+    addresses: list[str] = msgspec.field(default_factory=list)
+    """`HOST:PORT` of TLS listeners (the usual port is 6514); framing as on TCP."""
+    cert_file: str = ""
+    """PEM certificate chain of this server (required with `addresses`)."""
+    key_file: str = ""
+    client_ca_file: str = ""
+    """PEM CA bundle that client certificates are checked against."""
+    require_client_cert: bool = False
+    """Refuse clients without a certificate signed by `client_ca_file` (mutual TLS)."""
+    handshake_timeout_s: PositiveFloat = 10.0
+
+
 class ListenConfig(Base, frozen=True, forbid_unknown_fields=True):
     addresses: list[str] = msgspec.field(default_factory=lambda: ["0.0.0.0:514"])
     """`HOST:PORT` (IPv6 as `[::1]:514`); each gets a UDP and a TCP listener. `auto` or
@@ -57,6 +70,8 @@ class ListenConfig(Base, frozen=True, forbid_unknown_fields=True):
     """Open TCP connections at most; more are refused (closed at once) and counted."""
     idle_timeout_s: NonNegativeFloat = 3600.0
     """A TCP connection silent for this long is closed (0: never)."""
+    tls: ListenTls = msgspec.field(default_factory=lambda: ListenTls())
+    """TLS listeners (syslog over TLS, RFC 5425), e.g. for a relay sending to this one."""
 
 
 class OutputConfig(Base, frozen=True, forbid_unknown_fields=True):
@@ -134,6 +149,58 @@ class Route(Base, frozen=True, forbid_unknown_fields=True):
     match: RouteMatch = msgspec.field(default_factory=RouteMatch)
 
 
+class ForwardTls(Base, frozen=True, forbid_unknown_fields=True):
+    ca_file: str = ""
+    """PEM CA bundle the upstream's certificate is checked against ("": the system's CAs)."""
+    cert_file: str = ""
+    """Client certificate (PEM) for an upstream that requires one; with `key_file`."""
+    key_file: str = ""
+    server_name: str = ""
+    """Name expected in the upstream's certificate ("": `host`)."""
+    verify: bool = True
+    """Check the upstream's certificate and name. Turning it off is for tests only."""
+
+
+FORWARD_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Forward(Base, frozen=True, forbid_unknown_fields=True):
+    """One `[[forward]]` target: an upstream collector, with its own disk spool."""
+
+    name: Annotated[str, msgspec.Meta(pattern=FORWARD_NAME)]
+    """Names the spool directory (state_dir/spool/NAME) and the metrics' `target` label."""
+    host: str
+    """Address or DNS name of the upstream."""
+    port: Port = 514
+    protocol: Literal["udp", "tcp", "tls"] = "tcp"
+    framing: Literal["octet-counting", "lf"] = "octet-counting"
+    """TCP/TLS framing (RFC 6587): `LEN SP MSG`, or MSG LF as most senders use."""
+    format: Literal["rfc3164-origip", "rfc5424", "raw"] = "rfc3164-origip"
+    """`rfc3164-origip`: PLURA's `<PRI>TIMESTAMP HOSTNAME TAG [origip=<sender>] MSG`;
+    `rfc5424`: RFC 5424 with the sender in `[origin ip="..."]`; `raw`: the bytes received."""
+    match: RouteMatch = msgspec.field(default_factory=lambda: RouteMatch())
+    """Which messages go to this target (as for routes; empty: all)."""
+    tls: ForwardTls = msgspec.field(default_factory=lambda: ForwardTls())
+    max_spool_bytes: Annotated[int, msgspec.Meta(ge=64 * 1024)] = 1 << 30
+    """Disk spool size bound: messages not yet confirmed delivered, in record bytes."""
+    segment_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 16 << 20
+    on_full: Literal["block", "drop_oldest", "drop_newest"] = "block"
+    """Spool full: `block` pauses TCP senders (UDP messages are dropped and counted),
+    `drop_oldest` deletes the oldest segment, `drop_newest` refuses new messages; counted."""
+    fsync: Literal["never", "interval", "always"] = "interval"
+    """When spooled messages are fsynced: never (the kernel decides; survives a crash of
+    plura-relay, not of the host), every `fsync_interval_s`, or after every received batch."""
+    fsync_interval_s: PositiveFloat = 1.0
+    confirm_after_s: NonNegativeFloat = 1.0
+    """A message counts as delivered once the upstream's kernel acknowledged it and the
+    connection stayed up this long; a connection lost before that sends it again."""
+    connect_timeout_s: PositiveFloat = 10.0
+    reconnect_initial_s: PositiveFloat = 0.5
+    reconnect_max_s: PositiveFloat = 30.0
+    stats_log_interval_s: NonNegativeFloat = 60.0
+    """Log the target's counters this often when something changed (0: never)."""
+
+
 class OriginConfig(Base, frozen=True, forbid_unknown_fields=True):
     trust_origip: bool = False
     """Honour PLURA's `[origip=<ip>]` relay stamp: file the message under that address, strip
@@ -165,6 +232,8 @@ class Config(Base, frozen=True, forbid_unknown_fields=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     route: list[Route] = msgspec.field(default_factory=list)
     """`[[route]]` sections, tried in order for every message."""
+    forward: list[Forward] = msgspec.field(default_factory=list)
+    """`[[forward]]` upstream targets, each fed beside the files through its own spool."""
 
 
 class ConfigError(ValueError):
@@ -235,6 +304,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             ipaddress.ip_network(cidr, strict=False)
         except ValueError as exc:
             raise ConfigError(f"{where}allowed_sources / trusted_sources: {exc}") from exc
+    _check_tls_listeners(config.listen.tls, where)
+    _check_forwards(config.forward, where)
     for index, route in enumerate(config.route):
         for cidr in route.match.source_cidrs:
             try:
@@ -242,3 +313,31 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             except ValueError as exc:
                 raise ConfigError(f"{where}route[{index}].match.source_cidrs: {exc}") from exc
     return config
+
+
+def _check_tls_listeners(tls: ListenTls, where: str) -> None:
+    for address in tls.addresses:
+        try:
+            parse_address(address, 6514)
+        except ValueError as exc:
+            raise ConfigError(f"{where}listen.tls.addresses: expected HOST:PORT ({exc})") from exc
+    if tls.addresses and not (tls.cert_file and tls.key_file):
+        raise ConfigError(f"{where}listen.tls: cert_file and key_file are required")
+    if tls.require_client_cert and not tls.client_ca_file:
+        raise ConfigError(f"{where}listen.tls.require_client_cert: expected client_ca_file")
+
+
+def _check_forwards(forwards: list[Forward], where: str) -> None:
+    names = [forward.name for forward in forwards]
+    for index, forward in enumerate(forwards):
+        if forward.name in names[:index]:
+            raise ConfigError(f"{where}forward[{index}].name: {forward.name!r} is used twice")
+        if not forward.host:
+            raise ConfigError(f"{where}forward[{index}].host: expected an address or name")
+        if bool(forward.tls.cert_file) != bool(forward.tls.key_file):
+            raise ConfigError(f"{where}forward[{index}].tls: cert_file and key_file go together")
+        for cidr in forward.match.source_cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"{where}forward[{index}].match.source_cidrs: {exc}") from exc

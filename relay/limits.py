@@ -6,7 +6,7 @@ All decisions are per source address and cached or O(1), so they can run before 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_TRACKED_SOURCES = 100_000  # bounds the per-source state a spoofing flood can create
@@ -79,3 +79,24 @@ class Admission:
     @property
     def admitted(self) -> int:
         return len(self._admitted)
+
+
+class Gate:
+    """Backpressure from a queue to its producers: while `closed`, producers that asked to wait
+    are paused; opening the gate resumes them all."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._waiting: list[Callable[[], None]] = []
+
+    def wait(self, resume: Callable[[], None]) -> None:
+        self._waiting.append(resume)
+
+    def set_closed(self, closed: bool) -> None:
+        if closed == self.closed:
+            return
+        self.closed = closed
+        if not closed:
+            waiting, self._waiting = self._waiting, []
+            for resume in waiting:
+                resume()

@@ -38,10 +38,19 @@ def bind_listeners(listen: ListenConfig, *, copies: int = 1) -> list[list[BoundS
     sets: list[list[BoundSocket]] = []
     try:
         first = _bind_set(listen, listen.addresses, reuse_port)
+        first += _bind_tls(listen, listen.tls.addresses, reuse_port)
         sets.append(first)
         resolved = _resolved_addresses(listen, first)
+        resolved_tls = [
+            f"[{b.host}]:{b.port}" if ":" in b.host else f"{b.host}:{b.port}"
+            for b in first
+            if b.kind == "tls"
+        ]
         for _ in range(copies - 1):
-            sets.append(_bind_set(listen, resolved, reuse_port))
+            sets.append(
+                _bind_set(listen, resolved, reuse_port)
+                + _bind_tls(listen, resolved_tls, reuse_port)
+            )
         if copies > 1:
             for bound in first:
                 _steer(bound, copies)
@@ -89,6 +98,23 @@ def _bind_set(listen: ListenConfig, addresses: list[str], reuse_port: bool) -> l
                     freebind=listen.freebind,
                 )
                 bound.append(BoundSocket("udp", host, sock.getsockname()[1], sock))
+    except BaseException:
+        close_all(bound)
+        raise
+    return bound
+
+
+def _bind_tls(listen: ListenConfig, addresses: list[str], reuse_port: bool) -> list[BoundSocket]:
+    """TLS listeners: TCP sockets whose connections start with a TLS handshake."""
+    bound: list[BoundSocket] = []
+    try:
+        for address in addresses:
+            host, port = parse_address(address, 6514)
+            sock = bind_socket(
+                host, port, socket.SOCK_STREAM, reuse_port=reuse_port, freebind=listen.freebind
+            )
+            sock.listen(LISTEN_BACKLOG)
+            bound.append(BoundSocket("tls", host, sock.getsockname()[1], sock))
     except BaseException:
         close_all(bound)
         raise

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import cast
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -50,6 +51,7 @@ _COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "origin_stamped": ("origin_stamped", "Messages filed under their [origip=] address", {}),
     "origin_invalid": ("origin_invalid", "[origip=] stamps without a valid address (ignored)", {}),
     "overflow": ("overflow", "Messages of sources beyond max_children (ceelog-overflow.log)", {}),
+    "tls_handshake_failed": ("tls_handshakes_failed", "TLS handshakes that failed (logged)", {}),
 }  # fmt: skip
 _GAUGES: dict[str, tuple[str, str]] = {
     "open_files": ("open_files", "Output files open"),
@@ -60,6 +62,49 @@ _GAUGES: dict[str, tuple[str, str]] = {
     "children_active": ("children_active", "Child servers heard from recently"),
     "workers": ("workers", "Worker processes"),
 }
+
+
+# `forward_<key>|<target>` -> per-target metrics with a `target` label
+_FORWARD_COUNTERS: dict[str, tuple[str, str]] = {
+    "sent": ("forward_sent", "Messages written to the upstream (resends included)"),
+    "sent_bytes": ("forward_sent_bytes", "Bytes written to the upstream"),
+    "spooled": ("forward_spooled", "Messages appended to the target's disk spool"),
+    "dropped_full": ("forward_dropped_spool_full", "Messages refused by a full spool"),
+    "dropped_oldest": ("forward_dropped_oldest", "Spooled messages deleted to make room"),
+    "spool_corrupt_bytes": ("forward_spool_corrupt_bytes", "Spool bytes set aside as corrupt"),
+    "connects": ("forward_connects", "Connections made to the upstream"),
+    "connect_failures": ("forward_connect_failures", "Failed connection or TLS attempts"),
+    "disconnects": ("forward_disconnects", "Upstream connections lost"),
+    "truncated": ("forward_truncated", "Messages cut to fit a UDP datagram"),
+}
+_FORWARD_GAUGES: dict[str, tuple[str, str]] = {
+    "spool_records": ("forward_spool_records", "Messages spooled, not yet confirmed delivered"),
+    "spool_bytes": ("forward_spool_bytes", "Bytes spooled, not yet confirmed delivered"),
+    "spool_oldest_age_s": ("forward_spool_oldest_age_seconds", "Age of the oldest spooled"),
+    "connected": ("forward_connected", "Upstream connections up (per worker)"),
+}
+
+
+def _forward_metrics(values: dict[str, float]) -> Iterator[Metric]:
+    families: dict[str, Metric] = {}
+    for key, value in values.items():
+        if not key.startswith("forward_") or "|" not in key:
+            continue
+        name, _, target = key[len("forward_") :].partition("|")
+        if name in _FORWARD_COUNTERS:
+            metric, text = _FORWARD_COUNTERS[name]
+            family = families.setdefault(
+                metric, CounterMetricFamily(_PREFIX + metric, text, labels=["target"])
+            )
+        elif name in _FORWARD_GAUGES:
+            metric, text = _FORWARD_GAUGES[name]
+            family = families.setdefault(
+                metric, GaugeMetricFamily(_PREFIX + metric, text, labels=["target"])
+            )
+        else:
+            continue
+        cast(CounterMetricFamily, family).add_metric([target], value)
+    yield from families.values()
 
 
 class RelayCollector(Collector):
@@ -84,6 +129,7 @@ class RelayCollector(Collector):
                 gauge.add_metric([], values[key])
                 families[name] = gauge
         yield from families.values()
+        yield from _forward_metrics(values)
 
 
 class HealthServer:

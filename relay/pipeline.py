@@ -6,7 +6,7 @@ Holds no socket and opens no file. `handle` is the per-message hot path.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
@@ -19,6 +19,9 @@ from relay.parse.fast import CONTROL_BYTES, PRI_VALUES, RFC3164_HEADER
 from relay.parse.rfc3164 import TAG_MAX_BYTES
 from relay.routes import NO_ROUTE, Router, render_for_route
 from relay.template import LINE_END, LINE_START, CeeTemplate
+
+if TYPE_CHECKING:
+    from relay.sinks.forward import Forwarders
 
 _match_3164 = RFC3164_HEADER.match
 
@@ -61,9 +64,12 @@ class Pipeline:
         routes: Sequence[Route] = (),
         admission: Admission | None = None,
         trusted_relays: SourceFilter | None = None,
+        forward: Forwarders | None = None,
     ) -> None:
-        """`trusted_relays`: senders whose `[origip=...]` stamps are honoured (relay.origin)."""
+        """`trusted_relays`: senders whose `[origip=...]` stamps are honoured (relay.origin);
+        `forward`: upstream targets every message is also offered to."""
         self._sink = sink
+        self._forward = forward
         self._relays = trusted_relays
         self._is_relay: dict[str, bool] = {}
         self._admission = admission
@@ -80,7 +86,9 @@ class Pipeline:
         self.origin_stamped = 0  # messages filed under their `[origip=...]` address
         self.origin_invalid = 0  # stamps from trusted relays that held no valid address
 
-    def handle_batch(self, frames: list[bytes], peer: str, received_at: float) -> None:
+    def handle_batch(
+        self, frames: list[bytes], peer: str, received_at: float, lossless: bool = False
+    ) -> None:
         """Frames from one peer received together (a TCP read or a UDP batch): one sink call,
         one registry update, one timegenerated (as rsyslog's imudp takes one per recvmmsg).
 
@@ -88,9 +96,17 @@ class Pipeline:
         fast regex's groups straight to the cached line header, without a SyslogMessage in
         between; the result is what render(parse(frame)) gives (tests/test_pipeline.py checks
         it). Anything else takes the general path.
+
+        `lossless`: the frames came over TCP (a full forward spool in `block` mode still takes
+        them: the sender is paused after this batch instead).
         """
+        forward = self._forward
+        if forward is not None:
+            forward.begin_batch(lossless)
         if self._relays is not None and self._relayed(peer):
             self._handle_relayed(frames, peer, received_at)
+            if forward is not None:
+                forward.end_batch()
             return
         template, router = self._template, self._router
         timegenerated = template.timegenerated(received_at)
@@ -107,6 +123,10 @@ class Pipeline:
             ):
                 pri, _, hostname, tag, program = match.groups()
                 key = (program, hostname, tag, PRI_VALUES[pri])
+                if forward is not None:
+                    forward.offer_frame(
+                        frame, match.end(), program, tag, key[3], peer, received_at, self._parse
+                    )
                 if router is None or router.decide(program, tag, key[3], peer) is NO_ROUTE:
                     msg = frame[match.end() :]
                     header = headers.get(key) or header_for(key)
@@ -121,9 +141,13 @@ class Pipeline:
             self.general += 1
             message = self._parse(frame, peer, received_at)
             hostname = message.hostname
+            if forward is not None:
+                forward.offer(message, peer)
             if router is not None and self._route(router, message, peer, timegenerated):
                 continue
             append(template.render_at(message, timegenerated))
+        if forward is not None:
+            forward.end_batch()
         name = self._names.get(peer) or self._admit(peer, received_at)
         if lines:
             self._sink.extend(name, lines)
@@ -154,6 +178,8 @@ class Pipeline:
                 self.origin_stamped += 1
                 source, via = origin, relay
                 message = msgspec.structs.replace(message, msg=msg, peer=origin)
+            if self._forward is not None:  # a relay behind a relay: the origin goes on
+                self._forward.offer(message, source)
             self.received += 1
             name = self._names.get(source) or self._admit(source, received_at)
             if self._router is not None and self._route(

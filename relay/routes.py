@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from relay.config import Route
+from relay.config import Route, RouteMatch
 from relay.message import SyslogMessage
 from relay.parse import sanitize
 from relay.template import CeeTemplate
@@ -34,11 +34,10 @@ NO_ROUTE = Decision((), True)
 DecisionKey = tuple[bytes, bytes, int, str]
 
 
-class _Rule:
-    def __init__(self, route: Route) -> None:
-        match = route.match
-        self.route = route
-        self.target = Target(route.file, route.template)
+class Matcher:
+    """A `RouteMatch` (routes and forward targets): every condition given must hold."""
+
+    def __init__(self, match: RouteMatch) -> None:
         self.programname_equals = _encoded(match.programname_equals)
         self.programname_contains = _encoded(match.programname_contains)
         self.syslogtag_equals = _encoded(match.syslogtag_equals)
@@ -46,6 +45,7 @@ class _Rule:
         self.facilities = frozenset(match.facilities)
         self.severity_max = match.severity_max
         self.networks = [ipaddress.ip_network(c, strict=False) for c in match.source_cidrs]
+        self.everything = match == RouteMatch()
 
     def matches(self, programname: bytes, syslogtag: bytes, pri: int, peer: str) -> bool:
         facility, severity = (pri >> 3, pri & 7) if pri >= 0 else (-1, 7)
@@ -58,6 +58,13 @@ class _Rule:
             and (self.severity_max is None or severity <= self.severity_max)
             and (not self.networks or _in_networks(peer, self.networks))
         )
+
+
+class _Rule(Matcher):
+    def __init__(self, route: Route) -> None:
+        super().__init__(route.match)
+        self.route = route
+        self.target = Target(route.file, route.template)
 
 
 class Router:

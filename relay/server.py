@@ -9,6 +9,7 @@ fsync the files, save the registry, exit. SIGHUP reopens every output file.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import resource
@@ -30,6 +31,8 @@ from relay.listeners import LISTEN_BACKLOG, BoundSocket, bind_listeners
 from relay.metrics import HealthServer, Readiness, Stats
 from relay.pipeline import Pipeline, SourceObserver, ceelog_name
 from relay.sinks.files import FileSink
+from relay.sinks.forward import Forwarders, open_target
+from relay.tls import server_context
 from relay.transport.tcp import TcpListener
 from relay.transport.udp import UdpListener
 
@@ -54,10 +57,15 @@ class Server:
         observer: SourceObserver,
         known_sources: Iterable[str] = (),
         admission_share: int = 1,
+        worker_index: int = 0,
     ) -> None:
         """`known_sources`: children registered before (admitted whatever the limits);
-        `admission_share`: this process's share of max_children (1 of N workers: 1/N)."""
+        `admission_share`: this process's share of max_children (1 of N workers: 1/N);
+        `worker_index`: which worker this is (names its forward spools)."""
         self.config = config
+        targets = [open_target(f, config.state_dir, worker_index, config.workers)
+                   for f in config.forward]  # fmt: skip
+        self.forward = Forwarders(targets) if targets else None
         out, listen, children = config.output, config.listen, config.children
         self.sink = FileSink(
             out.log_dir,
@@ -87,6 +95,7 @@ class Server:
             trusted_relays=(
                 SourceFilter(config.origin.trusted_sources) if config.origin.trust_origip else None
             ),
+            forward=self.forward,
         )
         self.sources = SourceFilter(listen.allowed_sources) if listen.allowed_sources else None
         self.rate_limit = (
@@ -104,16 +113,20 @@ class Server:
     async def start_listeners(self) -> None:
         loop = asyncio.get_running_loop()
         listen = self.config.listen
+        tls = server_context(listen.tls) if any(b.kind == "tls" for b in self.sockets) else None
         for bound in self.sockets:
-            if bound.kind == "tcp":
+            if bound.kind in ("tcp", "tls"):
                 tcp = TcpListener(
-                    self.pipeline.handle_batch,
+                    functools.partial(self.pipeline.handle_batch, lossless=True),
                     max_message_bytes=listen.max_message_bytes,
                     oversize=listen.oversize,
                     sources=self.sources,
                     rate_limit=self.rate_limit,
                     max_connections=listen.max_connections,
                     idle_timeout_s=listen.idle_timeout_s,
+                    gate=self.forward.gate if self.forward is not None else None,
+                    tls=tls if bound.kind == "tls" else None,
+                    tls_handshake_timeout_s=listen.tls.handshake_timeout_s,
                 )
                 self._tasks.append(loop.create_task(tcp.close_idle_forever()))
                 tcp.server = await loop.create_server(
@@ -132,6 +145,8 @@ class Server:
                 self.udp.append(udp)
             logger.info("listening on %s %s:%d", bound.kind, bound.host or "0.0.0.0", bound.port)
         self._tasks.append(loop.create_task(self._check_rotation_forever()))
+        if self.forward is not None:
+            self.forward.start()
 
     async def _check_rotation_forever(self) -> None:
         interval = self.config.output.reopen_check_interval_s
@@ -155,6 +170,8 @@ class Server:
             "origin_stamped": pipeline.origin_stamped,
             "origin_invalid": pipeline.origin_invalid,
         }
+        if self.forward is not None:
+            stats.update(self.forward.stats())
         parts = [udp.stats() for udp in self.udp] + [tcp.stats() for tcp, _ in self.tcp]
         for part in parts:
             for key, value in part.items():
@@ -177,8 +194,12 @@ class Server:
         for udp in self.udp:
             udp.close()
         drain_s = self.config.listen.drain_timeout_s
+        if self.forward is not None:
+            self.forward.drain()  # senders paused by a full spool deliver what is in flight too
         await asyncio.gather(*(tcp.drain_and_close(drain_s, b.sock) for tcp, b in self.tcp))
         self.sink.close()
+        if self.forward is not None:
+            await self.forward.stop()
         logger.info(
             "stopped: %d messages received, %d lines written, %d not written",
             self.pipeline.received, self.sink.lines_written, self.sink.lines_failed,

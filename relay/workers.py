@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -48,6 +49,7 @@ RESTART_DELAY_S = 1.0
 STOP_TIMEOUT_S = 30.0
 STARTUP_TIMEOUT_S = 30.0
 CONFIG_ENV = "PLURA_RELAY_WORKER_CONFIG"
+SUPERVISOR_ENV = "PLURA_RELAY_SUPERVISOR_PID"
 
 Sources = list[tuple[str, bytes, float, int, str | None]]
 Report = tuple[Sources, dict[str, float]]  # sources seen since the last report, stats now
@@ -84,18 +86,41 @@ class SourceTally:
 
 # -- worker side ------------------------------------------------------------------------------
 
+PR_SET_PDEATHSIG = 1
 
-async def run_worker(config: Config, sockets: list[BoundSocket], report_fd: int) -> None:
+
+def stop_with_supervisor(supervisor_pid: int) -> None:
+    """Get SIGTERM when the supervisor dies, even by SIGKILL: a worker left behind would hold
+    the port and its spool, and a restarted supervisor would start a second set beside it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        logger.warning("cannot ask to be stopped with the supervisor (prctl)")
+    if os.getppid() != supervisor_pid:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def run_worker(
+    config: Config, sockets: list[BoundSocket], report_fd: int, index: int = 0
+) -> None:
     """Serve on inherited sockets until SIGTERM/SIGINT, reporting sources to the supervisor."""
     loop = asyncio.get_running_loop()
     tally = SourceTally()
+    supervisor_pid = int(os.environ.get(SUPERVISOR_ENV, os.getppid()))
     known = [child.ip for child in load_children(Path(config.state_dir))]
     server = Server(
-        config, sockets, observer=tally, known_sources=known, admission_share=config.workers
+        config,
+        sockets,
+        observer=tally,
+        known_sources=known,
+        admission_share=config.workers,
+        worker_index=index,
     )
     signals = Signals()
     signals.install()
     signals.on_hup = server.reopen
+    stop_with_supervisor(supervisor_pid)
     # the supervisor sees every SIGINT of a terminal too; it decides when workers stop
     loop.remove_signal_handler(signal.SIGINT)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -194,7 +219,11 @@ class Worker:
                 "--report-fd", str(write_fd)]  # fmt: skip
         for spec in specs:
             args += ["--socket", spec]
-        env = {**os.environ, CONFIG_ENV: msgspec.json.encode(self.config).decode()}
+        env = {
+            **os.environ,
+            CONFIG_ENV: msgspec.json.encode(self.config).decode(),
+            SUPERVISOR_ENV: str(os.getpid()),
+        }
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *args, pass_fds=[write_fd, *(s.sock.fileno() for s in self.sockets)], env=env
@@ -260,7 +289,10 @@ class Supervisor:
         for worker in self.workers:
             if worker.reader is not None:
                 for key, value in worker.reader.stats.items():
-                    total[key] = total.get(key, 0) + value
+                    if key.startswith("forward_spool_oldest_age_s"):  # an age: the oldest's
+                        total[key] = max(total.get(key, 0), value)
+                    else:
+                        total[key] = total.get(key, 0) + value
         return total
 
     def ready(self) -> tuple[bool, str]:

@@ -92,3 +92,29 @@ def test_rsyslog_conf_prints_the_pod_snippet() -> None:
     assert "imklog" not in [line.strip() for line in udp.output.splitlines() if "load" in line]
     bad = runner.invoke(main, ["rsyslog-conf", "--node-ip", "not an ip; rm -rf /"])
     assert bad.exit_code != 0
+
+
+def test_spool_stats(tmp_path: Path) -> None:
+    from relay.sinks.forward import spool_directory
+    from relay.spool import Spool
+
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}"\n'
+        '[[forward]]\nname = "up"\nhost = "127.0.0.1"\n'
+        '[[forward]]\nname = "idle"\nhost = "127.0.0.1"\n'
+    )
+    for worker, count in ((0, 3), (1, 2)):
+        spool = Spool(spool_directory(str(tmp_path), "up", worker), max_bytes=1 << 20)
+        for n in range(count):
+            spool.append(b"<13>Jan  5 10:11:12 h app: %d" % n, 1_000.0 + n)
+        spool.close()
+    result = CliRunner().invoke(main, ["spool", "stats", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    up, idle = json.loads(result.output)
+    assert (up["target"], up["records"], up["workers"]) == ("up", 5, 2)
+    assert up["bytes"] == sum(16 + len(b"<13>Jan  5 10:11:12 h app: %d" % n) for n in (0, 1, 2, 0, 1))
+    assert up["oldest_age_s"] > 0
+    assert (idle["target"], idle["records"], idle["oldest_age_s"]) == ("idle", 0, None)
+    table = CliRunner().invoke(main, ["spool", "stats", "--config", str(config)])
+    assert table.exit_code == 0 and "up" in table.output and "RECORDS" in table.output

@@ -11,8 +11,11 @@ from relay.config import (
     ChildrenConfig,
     Config,
     ConfigError,
+    Forward,
+    ForwardTls,
     HostnameConfig,
     ListenConfig,
+    ListenTls,
     LogConfig,
     MetricsConfig,
     OriginConfig,
@@ -52,7 +55,8 @@ def test_shipped_config_is_production_defaults() -> None:
 def test_shipped_config_has_every_key_commented() -> None:
     text = (ROOT / "conf" / "plura-relay.toml").read_text()
     lines = text.splitlines()
-    sections = {"": Config, "listen": ListenConfig, "output": OutputConfig, "parse": ParseConfig,
+    sections = {"": Config, "listen": ListenConfig, "listen.tls": ListenTls,
+                "output": OutputConfig, "parse": ParseConfig,
                 "hostname": HostnameConfig, "children": ChildrenConfig, "metrics": MetricsConfig,
                 "origin": OriginConfig,
                 "log": LogConfig}  # fmt: skip
@@ -60,9 +64,22 @@ def test_shipped_config_has_every_key_commented() -> None:
         for field in msgspec.structs.fields(struct):
             if msgspec.inspect.type_info(field.type).__class__.__name__ == "StructType":
                 continue
-            if field.name == "route":
+            if field.name in ("route", "forward"):
                 continue
             assert any(line.startswith(f"{field.name} = ") for line in lines), (section, field.name)
+
+
+def test_relay_example_documents_every_forward_key() -> None:
+    """conf/relay.toml: a valid relay configuration that shows every [[forward]] key."""
+    relay = load_config(ROOT / "conf" / "relay.toml")
+    [target] = relay.forward
+    assert (target.protocol, target.format, target.tls.verify) == ("tls", "rfc3164-origip", True)
+    lines = (ROOT / "conf" / "relay.toml").read_text().splitlines()
+    for struct in (Forward, ForwardTls):
+        for field in msgspec.structs.fields(struct):
+            if field.name in ("match", "tls"):
+                continue
+            assert any(line.startswith(f"{field.name} = ") for line in lines), field.name
 
 
 def test_file_overrides_defaults_and_flags_override_file(tmp_path: Path) -> None:
@@ -89,6 +106,26 @@ BAD = [
         "[listen]\naddresses = ['node1:514']\n", "listen.addresses", id="hostname-not-address"
     ),
     pytest.param("[listen\n", "Expected ']'", id="toml-syntax"),
+    pytest.param("[[forward]]\nname = 'a/b'\nhost = 'x'\n", "$.forward[0].name", id="forward-name"),
+    pytest.param(
+        "[[forward]]\nname = 'a'\nhost = 'x'\n[[forward]]\nname = 'a'\nhost = 'y'\n",
+        "forward[1].name: 'a' is used twice",
+        id="forward-twice",
+    ),
+    pytest.param("[[forward]]\nname = 'a'\n", "missing required field `host`", id="forward-host"),
+    pytest.param(
+        "[[forward]]\nname = 'a'\nhost = 'x'\n[forward.tls]\ncert_file = 'c.pem'\n",
+        "cert_file and key_file go together",
+        id="forward-client-cert",
+    ),
+    pytest.param(
+        "[listen.tls]\naddresses = ['127.0.0.1:6514']\n",
+        "cert_file and key_file are required",
+        id="tls-listener-cert",
+    ),
+    pytest.param(
+        "[listen.tls]\nrequire_client_cert = true\n", "expected client_ca_file", id="mtls-ca"
+    ),
 ]
 
 

@@ -6,12 +6,14 @@ import asyncio
 import logging
 import math
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import cast
 
 from relay.framing import Framer
-from relay.limits import SourceFilter, TokenBuckets
+from relay.limits import Gate, SourceFilter, TokenBuckets
+from relay.tls import describe
 from relay.transport.addresses import peer_ip
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,15 @@ class TcpConnection(asyncio.Protocol):
                 self._on_frames(frames, self.peer, time.time())
             else:
                 self._deliver_paced(server.rate_limit, frames)
+            gate = server.gate
+            if gate is not None and gate.closed and self.transport is not None:
+                # a forward spool is full (`on_full = "block"`): stop reading until it has room
+                self.transport.pause_reading()
+                gate.wait(self._resume_from_gate)
+
+    def _resume_from_gate(self) -> None:
+        if not self._held and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def _deliver_paced(self, buckets: TokenBuckets, frames: list[bytes]) -> None:
         """Over the rate: hand on what the tokens allow, hold the rest and stop reading until
@@ -102,6 +113,98 @@ class TcpConnection(asyncio.Protocol):
         self.transport = None
 
 
+class TlsConnection(TcpConnection):
+    """A TCP connection whose bytes are TLS, decrypted with an SSLObject over memory BIOs.
+
+    The TLS layer is run here rather than by the event loop (`create_server(ssl=...)` or
+    `start_tls`) so that a failed handshake (no client certificate, an untrusted one, a client
+    speaking plain syslog) is logged with the peer's address and the reason, and counted; and
+    because uvloop's server-side `start_tls` stalls handshakes (seen with uvloop 0.23).
+    """
+
+    def __init__(self, server: TcpListener, context: ssl.SSLContext) -> None:
+        super().__init__(server)
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._handshaken = False
+        self._reported = False  # the failure has been logged and counted
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.transport is not None and not self.transport.is_closing():
+            self._timer = asyncio.get_running_loop().call_later(
+                self._server.tls_handshake_timeout_s, self._handshake_timed_out
+            )
+
+    def data_received(self, data: bytes) -> None:
+        self._incoming.write(data)
+        try:
+            if not self._handshaken:
+                self._tls.do_handshake()
+                self._handshaken = True
+                if self._timer is not None:
+                    self._timer.cancel()
+            plain = self._read_plain()
+        except ssl.SSLWantReadError:
+            self._send_tls_records()  # the handshake goes on
+            return
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            self._send_tls_records()  # the alert tells the client why
+            self._fail(describe(exc))
+            return
+        self._send_tls_records()
+        if plain:
+            super().data_received(plain)
+
+    def _read_plain(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = self._tls.read(256 * 1024)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                break  # all there is for now, or the client's close_notify
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _send_tls_records(self) -> None:
+        pending = self._outgoing.read()
+        if pending and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(pending)
+
+    def _fail(self, reason: str) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._reported:
+            return
+        self._reported = True
+        if not self._handshaken:
+            self._server.tls_failed += 1
+        if self._server.first_in_a_while((self.peer, reason)):  # a retrying client: once a minute
+            if self._handshaken:
+                logger.warning("TLS error on the connection from %s: %s", self.peer, reason)
+            else:
+                logger.warning("TLS handshake with %s failed: %s", self.peer, reason)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _handshake_timed_out(self) -> None:
+        if not self._handshaken and self.transport is not None:
+            self._fail(f"no handshake within {self._server.tls_handshake_timeout_s:g}s")
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        # (a refused source never reached the handshake: not a TLS failure)
+        if not self._handshaken and self in self._server.connections:
+            self._fail(describe(exc) if exc is not None else "closed before the handshake")
+        super().connection_lost(exc)
+
+
 def _accept_backlog(sock: socket.socket) -> list[socket.socket]:
     accepted: list[socket.socket] = []
     while True:
@@ -128,8 +231,18 @@ class TcpListener:
         rate_limit: TokenBuckets | None = None,
         max_connections: int = 10_000,
         idle_timeout_s: float = 0.0,
+        gate: Gate | None = None,
+        tls: ssl.SSLContext | None = None,
+        tls_handshake_timeout_s: float = 10.0,
     ) -> None:
+        """`gate`: closed while a downstream queue is full (connections pause); `tls`: the
+        listener's TLS context (handshake per connection, then as TCP)."""
         self.on_frames = on_frames
+        self.gate = gate
+        self.tls = tls
+        self.tls_handshake_timeout_s = tls_handshake_timeout_s
+        self.tls_failed = 0
+        self._logged: dict[tuple[str, str], float] = {}
         self.max_message_bytes = max_message_bytes
         self.oversize = oversize
         self.connections: set[TcpConnection] = set()
@@ -149,11 +262,23 @@ class TcpListener:
         self.server: asyncio.base_events.Server | None = None
         self.last_data = 0.0
 
+    def first_in_a_while(self, key: tuple[str, str], interval_s: float = 60.0) -> bool:
+        """For log lines a misconfigured client would repeat at every reconnect."""
+        now = time.monotonic()
+        if now - self._logged.get(key, -interval_s) < interval_s:
+            return False
+        if len(self._logged) > 1000:
+            self._logged.clear()
+        self._logged[key] = now
+        return True
+
     def new_framer(self) -> Framer:
         self.accepted += 1
         return Framer(max_msg_bytes=self.max_message_bytes, oversize=self.oversize)
 
-    def protocol(self) -> TcpConnection:
+    def protocol(self) -> asyncio.Protocol:
+        if self.tls is not None:
+            return TlsConnection(self, self.tls)
         return TcpConnection(self)
 
     def stats(self) -> dict[str, int]:
@@ -171,6 +296,7 @@ class TcpListener:
             "tcp_refused_connections": self.refused_connections,
             "tcp_idle_closed": self.idle_closed,
             "tcp_rate_paused": self.paused,
+            "tls_handshake_failed": self.tls_failed,
         }
 
     def account(self, framer: Framer) -> None:

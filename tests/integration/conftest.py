@@ -150,10 +150,12 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
+        """Start (or start again: the log is appended to) and wait until it listens."""
+        started = self.log.count("listening on udp") if self.stderr_path.exists() else 0
         self.stderr = open(self.stderr_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.args, stderr=self.stderr)
         deadline = time.monotonic() + 15
-        while b"listening on udp" not in self.stderr_path.read_bytes():
+        while self.log.count("listening on udp") <= started:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start: {self.stderr_path.read_text()}")
             time.sleep(0.02)

@@ -1,0 +1,532 @@
+"""Forwarding to upstream collectors: per `[[forward]]` target a spool and a sender.
+
+Every message a target takes is first appended to its disk spool (relay.spool), on the receive
+path, and the spool is flushed once per received batch: what plura-relay has read from a socket
+survives a SIGKILL. A sender task per target reads the spool in order and writes it upstream; the
+receive path never waits for it (an upstream that is down or slow only makes the spool grow).
+
+Delivery is at least once. Syslog over TCP has no acknowledgements, so a record counts as
+delivered when the upstream's kernel has acknowledged its bytes (the socket's send queue, via
+SIOCOUTQ, has shrunk past it) and the connection has then stayed up for `confirm_after_s`; only
+then is the spool's committed position moved past it. A connection that fails before that sends
+everything after the committed position again (duplicates upstream, never a gap). Over UDP a
+record counts as delivered once handed to the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import shutil
+import socket
+import ssl
+import struct
+import termios
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+from relay.config import Forward
+from relay.limits import Gate
+from relay.message import SyslogMessage
+from relay.routes import Matcher
+from relay.spool import Position, Spool
+from relay.tls import client_context, describe
+from relay.upstream_format import frame_lf, frame_octet_counted, render, stamp_frame
+
+logger = logging.getLogger(__name__)
+
+READ_BYTES = 256 * 1024
+COMMIT_TICK_S = 0.05
+MAX_UDP_PAYLOAD = 65_507
+DECISION_CACHE_ENTRIES = 8192
+_INT = struct.Struct("i")
+STEADY_SESSION_S = 5.0  # a connection that lasted this long resets the reconnect backoff
+
+
+def _stop_if_cancelled() -> None:
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def spool_directory(state_dir: str, target: str, worker: int) -> Path:
+    return Path(state_dir) / "spool" / target / f"w{worker}"
+
+
+class _Upstream(asyncio.Protocol):
+    """The connection's events as futures: writable again, lost."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[Exception | None] = loop.create_future()
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # a syslog collector does not answer; whatever it sends is ignored
+
+    def eof_received(self) -> bool:
+        return False  # the upstream closed: so do we
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+        self.writable.set()
+
+
+class _UdpUpstream(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.errors = 0
+
+    def error_received(self, exc: Exception) -> None:
+        self.errors += 1  # ICMP unreachable: the datagram is gone, as UDP goes
+
+
+def _unacknowledged_bytes(transport: asyncio.Transport) -> int | None:
+    """Bytes written but not yet acknowledged by the peer's kernel: ours still buffered plus
+    the socket's send queue (SIOCOUTQ). None if the socket cannot be asked."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        (queued,) = _INT.unpack(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))
+    except OSError:
+        return None
+    return transport.get_write_buffer_size() + int(queued)
+
+
+class Target:
+    """One `[[forward]]`: its filter, its spools (its own, plus those of workers that no longer
+    exist, drained first) and its sender."""
+
+    def __init__(
+        self, config: Forward, own: Spool, orphans: list[tuple[Spool, Path]] | None = None
+    ) -> None:
+        self.config = config
+        self.spool = own
+        self._orphans = orphans or []
+        self._matcher = None if Matcher(config.match).everything else Matcher(config.match)
+        self._decisions: dict[tuple[bytes, bytes, int, str], bool] = {}
+        self._framing = frame_lf if config.framing == "lf" else frame_octet_counted
+        self._tls = client_context(config.tls) if config.protocol == "tls" else None
+        self._ready = asyncio.Event()
+        own.on_data = self._ready.set
+        self._inflight: deque[list[Any]] = deque()  # [bytes total, spool, position, acked at]
+        self._sent_total = 0
+        self.dirty = False
+        self.connected = False
+        # counters
+        self.sent = 0
+        self.sent_bytes = 0
+        self.refused_full = 0
+        self.connects = 0
+        self.connect_failures = 0
+        self.disconnects = 0
+        self.resent_from = 0  # times the sender went back to the committed position
+        self.too_large = 0
+        self._last_error = ""
+
+    # -- receive side (the hot path) ----------------------------------------------------------
+
+    def wants(self, programname: bytes, syslogtag: bytes, pri: int, peer: str) -> bool:
+        if self._matcher is None:
+            return True
+        key = (programname, syslogtag, pri, peer)
+        decision = self._decisions.get(key)
+        if decision is None:
+            if len(self._decisions) >= DECISION_CACHE_ENTRIES:
+                self._decisions.clear()
+            decision = self._decisions[key] = self._matcher.matches(*key)
+        return decision
+
+    def add(self, payload: bytes, received_at: float, lossless: bool) -> None:
+        if self.config.protocol == "udp" and len(payload) > MAX_UDP_PAYLOAD:
+            payload = payload[:MAX_UDP_PAYLOAD]
+            self.too_large += 1
+        if not self.spool.append(payload, received_at, force=lossless):
+            self.refused_full += 1
+        self.dirty = True
+
+    def end_batch(self) -> None:
+        if self.dirty:
+            self.dirty = False
+            self.spool.flush()
+
+    # -- sender -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        delay = self.config.reconnect_initial_s
+        while True:
+            started = time.monotonic()
+            try:
+                if self.config.protocol == "udp":
+                    await self._run_udp()
+                    continue
+                upstream = await self._connect()
+            except (OSError, ssl.SSLError, TimeoutError) as exc:
+                _stop_if_cancelled()  # a cancelled TLS connect may surface as an SSL error
+                self._connect_failed(exc)
+            else:
+                await self._session(upstream, started)
+                _stop_if_cancelled()
+                if time.monotonic() - started >= STEADY_SESSION_S:
+                    delay = self.config.reconnect_initial_s
+                    continue  # it worked for a while: reconnect at once
+            # refused, or accepted and closed at once (a collector refusing our certificate
+            # does that): back off
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.reconnect_max_s)
+
+    async def _connect(self) -> _Upstream:
+        loop, config = asyncio.get_running_loop(), self.config
+        async with asyncio.timeout(config.connect_timeout_s):
+            _, upstream = await loop.create_connection(
+                _Upstream,
+                config.host,
+                config.port,
+                ssl=self._tls,
+                server_hostname=(config.tls.server_name or config.host) if self._tls else None,
+            )
+        return upstream
+
+    def _connect_failed(self, exc: BaseException) -> None:
+        self.connect_failures += 1
+        reason = describe(exc) if isinstance(exc, ssl.SSLError) else (str(exc) or "timed out")
+        where = f"{self.config.host}:{self.config.port}"
+        if isinstance(exc, ssl.SSLError):
+            message = f"TLS handshake with {where} failed: {reason}"
+        else:
+            message = f"cannot connect to {where}: {reason}"
+        if message != self._last_error:  # once per distinct failure, not once per retry
+            self._last_error = message
+            logger.warning("forward %s: %s (messages are spooled)", self.config.name, message)
+
+    async def _session(self, upstream: _Upstream, started: float) -> None:
+        assert upstream.transport is not None
+        transport = upstream.transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and self.config.protocol != "udp":
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self.connects += 1
+        self.connected = True
+        logger.info(
+            "forward %s: connected to %s:%d (%s), %d messages spooled",
+            self.config.name, self.config.host, self.config.port, self.config.protocol,
+            self.pending_records,
+        )  # fmt: skip
+        committer = asyncio.get_running_loop().create_task(self._commit_forever(transport))
+        try:
+            await self._pump(upstream, transport)
+        finally:
+            committer.cancel()
+            self._commit_confirmed(transport, closing=True)
+            transport.abort()
+            self.connected = False
+            self.disconnects += 1
+            self._rewind()
+        exc = upstream.lost.result() if upstream.lost.done() else None
+        reason = describe(exc) if exc is not None else "closed by the upstream"
+        steady = time.monotonic() - started >= STEADY_SESSION_S
+        if self._tls is not None and not self.config.tls.cert_file and exc is None and not steady:
+            reason += "; if it requires a client certificate, set forward.tls.cert_file"
+        message = f"connection to {self.config.host}:{self.config.port} lost ({reason})"
+        # a connection that keeps failing the same way is logged once, not at every retry
+        repeated = message == self._last_error and not steady
+        level = logging.DEBUG if repeated else logging.WARNING
+        self._last_error = message
+        logger.log(
+            level, "forward %s: %s; %d messages will be sent again",
+            self.config.name, message, self.pending_records,
+        )  # fmt: skip
+
+    async def _pump(self, upstream: _Upstream, transport: asyncio.Transport) -> None:
+        lost = upstream.lost
+        while not lost.done():
+            self._ready.clear()
+            spool, records, position = self._read()
+            if not records:
+                await self._wait(lost, self._ready.wait())
+                continue
+            data = self._framing(records)
+            transport.write(data)
+            self._sent_total += len(data)
+            self._inflight.append([self._sent_total, spool, position, 0.0])
+            self.sent += len(records)
+            self.sent_bytes += len(data)
+            if not upstream.writable.is_set():
+                await self._wait(lost, upstream.writable.wait())
+
+    @staticmethod
+    async def _wait(lost: asyncio.Future[Exception | None], event: Any) -> None:
+        waiter = asyncio.ensure_future(event)
+        try:
+            await asyncio.wait({waiter, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    def _read(self) -> tuple[Spool, list[bytes], Position]:
+        for spool, _ in self._orphans:
+            records, position = spool.read(READ_BYTES)
+            if records:
+                return spool, records, position
+        records, position = self.spool.read(READ_BYTES)
+        return self.spool, records, position
+
+    async def _commit_forever(self, transport: asyncio.Transport) -> None:
+        while True:
+            await asyncio.sleep(COMMIT_TICK_S)
+            self._commit_confirmed(transport)
+
+    def _commit_confirmed(self, transport: asyncio.Transport, *, closing: bool = False) -> None:
+        """Commit what the upstream's kernel acknowledged at least confirm_after_s ago."""
+        now = time.monotonic()
+        if not closing:
+            unacked = _unacknowledged_bytes(transport)
+            if unacked is None:  # cannot ask: only a fully written buffer counts
+                unacked = self._sent_total if transport.get_write_buffer_size() else 0
+            acked_total = self._sent_total - unacked
+            for entry in self._inflight:
+                if entry[0] > acked_total:
+                    break
+                if not entry[3]:
+                    entry[3] = now
+        confirm = self.config.confirm_after_s
+        while self._inflight and self._inflight[0][3] and now - self._inflight[0][3] >= confirm:
+            _, spool, position, _ = self._inflight.popleft()
+            spool.commit(position)
+        self._drop_drained_orphans()
+
+    def _rewind(self) -> None:
+        self._inflight.clear()
+        self.resent_from += 1
+        self.spool.rewind()
+        for spool, _ in self._orphans:
+            spool.rewind()
+
+    def _drop_drained_orphans(self) -> None:
+        for spool, directory in list(self._orphans):
+            if spool.pending_records == 0 and not any(e[1] is spool for e in self._inflight):
+                spool.close()
+                shutil.rmtree(directory, ignore_errors=True)
+                self._orphans.remove((spool, directory))
+                logger.info("forward %s: drained and removed %s", self.config.name, directory)
+
+    async def _run_udp(self) -> None:
+        loop, config = asyncio.get_running_loop(), self.config
+        transport, _ = await loop.create_datagram_endpoint(
+            _UdpUpstream, remote_addr=(config.host, config.port)
+        )
+        self.connects += 1
+        self.connected = True
+        try:
+            while True:
+                self._ready.clear()
+                spool, records, position = self._read()
+                if not records:
+                    await self._ready.wait()
+                    continue
+                for payload in records:
+                    transport.sendto(payload)
+                self.sent += len(records)
+                self.sent_bytes += sum(map(len, records))
+                spool.commit(position)  # UDP: handed to the kernel is as far as we can know
+                self._drop_drained_orphans()
+                await asyncio.sleep(0)  # let reception run between batches
+        finally:
+            self.connected = False
+            transport.close()
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def pending_records(self) -> int:
+        return self.spool.pending_records + sum(s.pending_records for s, _ in self._orphans)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self.spool.pending_bytes + sum(s.pending_bytes for s, _ in self._orphans)
+
+    def oldest_age_s(self, now: float) -> float:
+        times = [s.oldest_at for s in (self.spool, *(s for s, _ in self._orphans))]
+        known = [t for t in times if t is not None]
+        return max(0.0, now - min(known)) if known else 0.0
+
+    def stats(self, now: float) -> dict[str, float]:
+        spool = self.spool
+        return {
+            "sent": self.sent,
+            "sent_bytes": self.sent_bytes,
+            "spooled": spool.appended,
+            "dropped_full": spool.dropped_newest,
+            "dropped_oldest": spool.dropped_oldest,
+            "spool_corrupt_bytes": spool.corrupt_bytes,
+            "connects": self.connects,
+            "connect_failures": self.connect_failures,
+            "disconnects": self.disconnects,
+            "truncated": self.too_large,
+            "spool_records": self.pending_records,
+            "spool_bytes": self.pending_bytes,
+            "spool_oldest_age_s": self.oldest_age_s(now),
+            "connected": float(self.connected),
+        }
+
+    def close(self) -> None:
+        self.spool.close()
+        for spool, _ in self._orphans:
+            spool.close()
+
+
+def open_target(config: Forward, state_dir: str, worker: int, workers: int) -> Target:
+    """The target's spool of this worker, plus the spools left by workers beyond `workers`
+    (after `workers` was lowered) that fall to this one."""
+
+    def spool_at(directory: Path) -> Spool:
+        return Spool(
+            directory,
+            max_bytes=config.max_spool_bytes,
+            segment_bytes=config.segment_bytes,
+            on_full=config.on_full,
+            fsync=config.fsync,
+            fsync_interval_s=config.fsync_interval_s,
+        )
+
+    own = spool_at(spool_directory(state_dir, config.name, worker))
+    orphans = []
+    for directory in sorted(spool_directory(state_dir, config.name, 0).parent.glob("w*")):
+        index = directory.name[1:]
+        if index.isdigit() and int(index) >= workers and int(index) % workers == worker:
+            orphans.append((spool_at(directory), directory))
+    return Target(config, own, orphans)
+
+
+class Forwarders:
+    """All targets of one process: what the pipeline offers every message to."""
+
+    def __init__(self, targets: list[Target]) -> None:
+        self.targets = targets
+        self.gate = Gate()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._draining = False
+        self._lossless = False
+
+    def offer_frame(
+        self,
+        frame: bytes,
+        header_end: int,
+        programname: bytes,
+        syslogtag: bytes,
+        pri: int,
+        peer: str,
+        received_at: float,
+        parse: Callable[[bytes, str, float], SyslogMessage],
+    ) -> None:
+        """A frame of the plain RFC 3164 shape (the pipeline's fast path): `rfc3164-origip`
+        and `raw` need no parse; `rfc5424` parses the frame."""
+        for target in self.targets:
+            if target.wants(programname, syslogtag, pri, peer):
+                fmt = target.config.format
+                if fmt == "rfc3164-origip" and syslogtag:  # no tag: `-` goes in its place
+                    payload = stamp_frame(frame, header_end, syslogtag, peer)
+                elif fmt == "raw":
+                    payload = frame
+                else:
+                    payload = render(fmt, parse(frame, peer, received_at), peer)
+                target.add(payload, received_at, self._lossless)
+
+    def offer(self, message: SyslogMessage, origin: str) -> None:
+        for target in self.targets:
+            if target.wants(message.programname, message.syslogtag, message.pri, origin):
+                payload = render(target.config.format, message, origin)
+                target.add(payload, message.received_at, self._lossless)
+
+    def end_batch(self) -> None:
+        """After every received batch: write what was spooled (one write per target)."""
+        closed = False
+        for target in self.targets:
+            target.end_batch()
+            closed = closed or (target.spool.full and target.config.on_full == "block")
+        if not self._draining:
+            self.gate.set_closed(closed)
+
+    def begin_batch(self, lossless: bool) -> None:
+        self._lossless = lossless or self._draining
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for target in self.targets:
+            self._tasks.append(loop.create_task(target.run()))
+            self._tasks.append(loop.create_task(self._housekeeping(target)))
+
+    async def _housekeeping(self, target: Target) -> None:
+        """fsync on the interval policy, reopen the gate as the spool drains, log counters."""
+        config = target.config
+        tick = min(config.fsync_interval_s, 0.1)
+        last_sync = last_log = time.monotonic()
+        logged: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if config.fsync == "interval" and now - last_sync >= config.fsync_interval_s:
+                last_sync = now
+                target.spool.sync()
+            if self.gate.closed and not self._draining:
+                self.gate.set_closed(
+                    any(t.spool.full and t.config.on_full == "block" for t in self.targets)
+                )
+            interval = config.stats_log_interval_s
+            if interval and now - last_log >= interval:
+                last_log = now
+                logged = self._log_stats(target, logged)
+
+    @staticmethod
+    def _log_stats(target: Target, before: dict[str, float]) -> dict[str, float]:
+        stats = target.stats(time.time())
+        counters = {k: v for k, v in stats.items() if k not in ("spool_oldest_age_s",)}
+        if counters != before:
+            logger.info(
+                "forward %s: sent %d, spooled %d, pending %d (%d bytes, oldest %.0fs), "
+                "dropped %d full / %d oldest, %s",
+                target.config.name, stats["sent"], stats["spooled"], stats["spool_records"],
+                stats["spool_bytes"], stats["spool_oldest_age_s"], stats["dropped_full"],
+                stats["dropped_oldest"], "connected" if target.connected else "not connected",
+            )  # fmt: skip
+        return counters
+
+    def drain(self) -> None:
+        """Shutdown: let paused TCP senders go on, and take all they send (the spool may pass
+        its bound: what was read from a socket is never dropped)."""
+        self._draining = True
+        self.gate.set_closed(False)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for target in self.targets:
+            target.end_batch()
+            target.close()
+
+    def stats(self) -> dict[str, float]:
+        """`forward_<counter>|<target>` for metrics; summed over workers by a supervisor."""
+        now = time.time()
+        stats: dict[str, float] = {}
+        for target in self.targets:
+            for key, value in target.stats(now).items():
+                stats[f"forward_{key}|{target.config.name}"] = value
+        return stats
