@@ -113,7 +113,9 @@ def test_spool_stats(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     up, idle = json.loads(result.output)
     assert (up["target"], up["records"], up["workers"]) == ("up", 5, 2)
-    assert up["bytes"] == sum(16 + len(b"<13>Jan  5 10:11:12 h app: %d" % n) for n in (0, 1, 2, 0, 1))
+    assert up["bytes"] == sum(
+        16 + len(b"<13>Jan  5 10:11:12 h app: %d" % n) for n in (0, 1, 2, 0, 1)
+    )
     assert up["oldest_age_s"] > 0
     assert (idle["target"], idle["records"], idle["oldest_age_s"]) == ("idle", 0, None)
     table = CliRunner().invoke(main, ["spool", "stats", "--config", str(config)])
