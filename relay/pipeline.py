@@ -5,7 +5,7 @@ Holds no socket and opens no file. `handle` is the per-message hot path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
@@ -22,6 +22,10 @@ from relay.template import LINE_END, LINE_START, CeeTemplate
 
 if TYPE_CHECKING:
     from relay.sinks.forward import Forwarders
+
+# a message for the forward targets: a fast-path frame as (frame, end of its header, tag,
+# programname, pri), sent from the batch's peer; or a parsed message (from message.peer)
+Offered = tuple[bytes, int, bytes, bytes, int] | SyslogMessage
 
 _match_3164 = RFC3164_HEADER.match
 
@@ -101,12 +105,12 @@ class Pipeline:
         them: the sender is paused after this batch instead).
         """
         forward = self._forward
-        if forward is not None:
-            forward.begin_batch(lossless)
+        offered: list[Offered] = []  # what the forward targets are offered, in order
+        offer = offered.append
         if self._relays is not None and self._relayed(peer):
-            self._handle_relayed(frames, peer, received_at)
+            self._handle_relayed(frames, peer, received_at, offer)
             if forward is not None:
-                forward.end_batch()
+                forward.take(offered, peer, received_at, lossless, self._parse)
             return
         template, router = self._template, self._router
         timegenerated = template.timegenerated(received_at)
@@ -124,9 +128,7 @@ class Pipeline:
                 pri, _, hostname, tag, program = match.groups()
                 key = (program, hostname, tag, PRI_VALUES[pri])
                 if forward is not None:
-                    forward.offer_frame(
-                        frame, match.end(), program, tag, key[3], peer, received_at, self._parse
-                    )
+                    offer((frame, match.end(), tag, program, key[3]))
                 if router is None or router.decide(program, tag, key[3], peer) is NO_ROUTE:
                     msg = frame[match.end() :]
                     header = headers.get(key) or header_for(key)
@@ -142,12 +144,12 @@ class Pipeline:
             message = self._parse(frame, peer, received_at)
             hostname = message.hostname
             if forward is not None:
-                forward.offer(message, peer)
+                offer(message)
             if router is not None and self._route(router, message, peer, timegenerated):
                 continue
             append(template.render_at(message, timegenerated))
         if forward is not None:
-            forward.end_batch()
+            forward.take(offered, peer, received_at, lossless, self._parse)
         name = self._names.get(peer) or self._admit(peer, received_at)
         if lines:
             self._sink.extend(name, lines)
@@ -166,7 +168,13 @@ class Pipeline:
                 self._is_relay.clear()
         return relayed
 
-    def _handle_relayed(self, frames: list[bytes], relay: str, received_at: float) -> None:
+    def _handle_relayed(
+        self,
+        frames: list[bytes],
+        relay: str,
+        received_at: float,
+        offer: Callable[[Offered], None],
+    ) -> None:
         """Messages from a trusted relay: each is filed under its stamped origin address."""
         timegenerated = self._template.timegenerated(received_at)
         for frame in frames:
@@ -179,7 +187,7 @@ class Pipeline:
                 source, via = origin, relay
                 message = msgspec.structs.replace(message, msg=msg, peer=origin)
             if self._forward is not None:  # a relay behind a relay: the origin goes on
-                self._forward.offer(message, source)
+                offer(message)
             self.received += 1
             name = self._names.get(source) or self._admit(source, received_at)
             if self._router is not None and self._route(

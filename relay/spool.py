@@ -37,6 +37,7 @@ HEADER = struct.Struct("<IId")  # crc32, payload length, enqueued_at
 _CRC = struct.Struct("<I")
 _LENGTH = struct.Struct("<I")
 _LENGTH_AT = struct.Struct("<Id")  # what the CRC covers, ahead of the payload
+_TIME = struct.Struct("<d")
 SEGMENT_NAME = re.compile(r"(\d{16})\.seg")
 CURSOR_NAME = "cursor"
 CORRUPT_MARK = ".corrupt-"
@@ -174,6 +175,24 @@ class Spool:
         self._pending_bytes += size
         self.appended += 1
         return True
+
+    def extend(self, payloads: list[bytes], at: float, *, force: bool = False) -> int:
+        """`append` for the records of one received batch (the same records, fewer Python
+        steps per record); returns how many were refused."""
+        size = HEADER.size * len(payloads) + sum(map(len, payloads))
+        if self._pending_bytes + size > self.max_bytes:  # the slow path decides per record
+            return sum(not self.append(payload, at, force=force) for payload in payloads)
+        time_bytes = _TIME.pack(at)
+        buffer, crc32, pack_length, pack_crc = self._buffer, zlib.crc32, _LENGTH.pack, _CRC.pack
+        for payload in payloads:
+            length_at = pack_length(len(payload)) + time_bytes
+            buffer += pack_crc(crc32(payload, crc32(length_at)))
+            buffer += length_at
+            buffer += payload
+        self._buffer_records += len(payloads)
+        self._pending_bytes += size
+        self.appended += len(payloads)
+        return 0
 
     def flush(self) -> None:
         """Writes the buffered records, one write per segment touched. On a write error (disk

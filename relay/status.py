@@ -68,5 +68,22 @@ def format_status(status: Status) -> str:
                             f"{total('tcp_connections_accepted_total'):,.0f} accepted"),
         ("buffered", f"{total('buffered_bytes'):,.0f} bytes"),
     ]  # fmt: skip
+    targets = sorted(
+        {dict(ls)["target"] for (n, ls), _ in status.samples.items() if n.startswith(
+            "plura_relay_forward_") and "target" in dict(ls)}
+    )  # fmt: skip
+    for target in targets:
+        dropped_here = total("forward_dropped_spool_full_total", target=target) + total(
+            "forward_dropped_oldest_total", target=target
+        )
+        rows.append((
+            f"forward {target}",
+            f"{'connected' if total('forward_connected', target=target) else 'NOT connected'}, "
+            f"sent {total('forward_sent_total', target=target):,.0f}, "
+            f"spooled {total('forward_spool_records', target=target):,.0f} "
+            f"({total('forward_spool_bytes', target=target) / 1e6:,.1f} MB, oldest "
+            f"{total('forward_spool_oldest_age_seconds', target=target):,.0f}s), "
+            f"dropped {dropped_here:,.0f}",
+        ))  # fmt: skip
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

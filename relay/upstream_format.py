@@ -61,10 +61,24 @@ def rfc3164_origip(message: SyslogMessage, origin: str) -> bytes:
                                 stamp_after(tag, message.msg, origin))  # fmt: skip
 
 
-def stamp_frame(frame: bytes, header_end: int, syslogtag: bytes, origin: str) -> bytes:
+def origip_stamps(origin: str) -> tuple[bytes, bytes]:
+    """The two spellings of the stamp (see `stamp`): before a MSG that starts with a space,
+    and right after a tag's `:`."""
+    return b" [origip=%s]" % origin.encode(), b"[origip=%s] " % origin.encode()
+
+
+def stamp_frame(
+    frame: bytes, header_end: int, syslogtag: bytes, stamps: tuple[bytes, bytes]
+) -> bytes:
     """The fast path's `rfc3164-origip`: a frame whose header (up to and including the tag,
-    `frame[:header_end]`) has the plain RFC 3164 shape keeps it as is."""
-    return frame[:header_end] + stamp_after(syslogtag, frame[header_end:], origin)
+    `frame[:header_end]`) has the plain RFC 3164 shape keeps it as is; equal to
+    `frame[:header_end] + stamp_after(syslogtag, msg, origin)` (`stamps`: origip_stamps)."""
+    msg = frame[header_end:]
+    if msg[:1] == b" ":
+        return b"".join((frame[:header_end], stamps[0], msg))
+    if syslogtag[-1:] == b":":
+        return b"".join((frame[:header_end], stamps[1], msg))
+    return b"".join((frame[:header_end], stamps[0], b" ", msg))
 
 
 def stamp_after(syslogtag: bytes, msg: bytes, origin: str) -> bytes:

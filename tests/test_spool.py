@@ -647,3 +647,23 @@ def _check_model(directory: Path, operations: list[tuple[str, int]], segment_byt
     final.close()
     for spool in abandoned:
         spool.close()  # releases fds; what it still writes is already checked above
+
+
+@pytest.mark.parametrize("max_bytes", [1 << 20, 600], ids=["room", "nearly-full"])
+def test_extend_is_append_for_a_batch(tmp_path: Path, max_bytes: int) -> None:
+    """The hot path's batch append writes the same records and refuses the same ones."""
+    items = payloads(10)
+    one, many = (
+        make(tmp_path / "one", max_bytes=max_bytes),
+        make(tmp_path / "many", max_bytes=max_bytes),
+    )
+    refused_one = sum(not one.append(p, T0) for p in items)
+    refused_many = many.extend(items, T0)
+    one.flush()
+    many.flush()
+    assert refused_many == refused_one
+    assert (many.pending_bytes, many.pending_records) == (one.pending_bytes, one.pending_records)
+    assert [f.read_bytes() for f in segment_files(tmp_path / "many")] == [
+        f.read_bytes() for f in segment_files(tmp_path / "one")
+    ]
+    assert drain(many)[0] == drain(one)[0]

@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from relay.config import Forward
 from relay.limits import Gate
@@ -36,7 +36,16 @@ from relay.message import SyslogMessage
 from relay.routes import Matcher
 from relay.spool import Position, Spool
 from relay.tls import client_context, describe
-from relay.upstream_format import frame_lf, frame_octet_counted, render, stamp_frame
+from relay.upstream_format import (
+    frame_lf,
+    frame_octet_counted,
+    origip_stamps,
+    render,
+    stamp_frame,
+)
+
+if TYPE_CHECKING:
+    from relay.pipeline import Offered
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +137,6 @@ class Target:
         own.on_data = self._ready.set
         self._inflight: deque[list[Any]] = deque()  # [bytes total, spool, position, acked at]
         self._sent_total = 0
-        self.dirty = False
         self.connected = False
         # counters
         self.sent = 0
@@ -154,18 +162,45 @@ class Target:
             decision = self._decisions[key] = self._matcher.matches(*key)
         return decision
 
-    def add(self, payload: bytes, received_at: float, lossless: bool) -> None:
-        if self.config.protocol == "udp" and len(payload) > MAX_UDP_PAYLOAD:
-            payload = payload[:MAX_UDP_PAYLOAD]
-            self.too_large += 1
-        if not self.spool.append(payload, received_at, force=lossless):
-            self.refused_full += 1
-        self.dirty = True
-
-    def end_batch(self) -> None:
-        if self.dirty:
-            self.dirty = False
-            self.spool.flush()
+    def take(
+        self,
+        offered: list[Offered],
+        peer: str,
+        received_at: float,
+        lossless: bool,
+        parse: Callable[[bytes, str, float], SyslogMessage],
+    ) -> None:
+        """Spool what of a received batch this target wants, in its format, in order."""
+        payloads: list[bytes] = []
+        add = payloads.append
+        fmt, everything = self.config.format, self._matcher is None
+        fast_stamp = fmt == "rfc3164-origip"
+        stamps = origip_stamps(peer) if fast_stamp else (b"", b"")
+        for item in offered:
+            if type(item) is tuple:
+                frame, end, tag, programname, pri = item
+                if not everything and not self.wants(programname, tag, pri, peer):
+                    continue
+                if fast_stamp and tag:  # no tag: `-` goes in its place (general path)
+                    add(stamp_frame(frame, end, tag, stamps))
+                elif fmt == "raw":
+                    add(frame)
+                else:
+                    add(render(fmt, parse(frame, peer, received_at), peer))
+            else:
+                message = cast(SyslogMessage, item)
+                origin = message.peer  # the stamped origin, for a message from a relay
+                if everything or self.wants(
+                    message.programname, message.syslogtag, message.pri, origin
+                ):
+                    add(render(fmt, message, origin))
+        if not payloads:
+            return
+        if self.config.protocol == "udp" and max(map(len, payloads)) > MAX_UDP_PAYLOAD:
+            self.too_large += sum(len(p) > MAX_UDP_PAYLOAD for p in payloads)
+            payloads = [p[:MAX_UDP_PAYLOAD] for p in payloads]
+        self.refused_full += self.spool.extend(payloads, received_at, force=lossless)
+        self.spool.flush()
 
     # -- sender -------------------------------------------------------------------------------
 
@@ -423,49 +458,26 @@ class Forwarders:
         self.gate = Gate()
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
-        self._lossless = False
 
-    def offer_frame(
+    def take(
         self,
-        frame: bytes,
-        header_end: int,
-        programname: bytes,
-        syslogtag: bytes,
-        pri: int,
+        offered: list[Offered],
         peer: str,
         received_at: float,
+        lossless: bool,
         parse: Callable[[bytes, str, float], SyslogMessage],
     ) -> None:
-        """A frame of the plain RFC 3164 shape (the pipeline's fast path): `rfc3164-origip`
-        and `raw` need no parse; `rfc5424` parses the frame."""
-        for target in self.targets:
-            if target.wants(programname, syslogtag, pri, peer):
-                fmt = target.config.format
-                if fmt == "rfc3164-origip" and syslogtag:  # no tag: `-` goes in its place
-                    payload = stamp_frame(frame, header_end, syslogtag, peer)
-                elif fmt == "raw":
-                    payload = frame
-                else:
-                    payload = render(fmt, parse(frame, peer, received_at), peer)
-                target.add(payload, received_at, self._lossless)
-
-    def offer(self, message: SyslogMessage, origin: str) -> None:
-        for target in self.targets:
-            if target.wants(message.programname, message.syslogtag, message.pri, origin):
-                payload = render(target.config.format, message, origin)
-                target.add(payload, message.received_at, self._lossless)
-
-    def end_batch(self) -> None:
-        """After every received batch: write what was spooled (one write per target)."""
+        """After every received batch: each target spools (and writes, one write per target)
+        what it wants of it. `lossless`: TCP data, taken even by a full `block` spool (its
+        senders are paused afterwards instead)."""
+        lossless = lossless or self._draining
         closed = False
         for target in self.targets:
-            target.end_batch()
+            if offered:
+                target.take(offered, peer, received_at, lossless, parse)
             closed = closed or (target.spool.full and target.config.on_full == "block")
         if not self._draining:
             self.gate.set_closed(closed)
-
-    def begin_batch(self, lossless: bool) -> None:
-        self._lossless = lossless or self._draining
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -519,7 +531,7 @@ class Forwarders:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for target in self.targets:
-            target.end_batch()
+            self._log_stats(target, {})
             target.close()
 
     def stats(self) -> dict[str, float]:

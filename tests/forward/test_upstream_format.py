@@ -14,6 +14,7 @@ from relay.parse.rfc3164 import TAG_MAX_BYTES
 from relay.upstream_format import (
     frame_lf,
     frame_octet_counted,
+    origip_stamps,
     render,
     rfc3164_timestamp,
     stamp_frame,
@@ -143,7 +144,8 @@ def test_fast_path_stamp_equals_the_general_render(item) -> None:  # type: ignor
     match = _fast_path(item.raw)
     assert match is not None
     general = render("rfc3164-origip", parse(item.raw, received_at=AT, peer="10.9.8.7"), "10.9.8.7")
-    assert stamp_frame(item.raw, match.end(), match[4], "10.9.8.7") == general
+    stamps = origip_stamps("10.9.8.7")
+    assert stamp_frame(item.raw, match.end(), match[4], stamps) == general
 
 
 @pytest.mark.parametrize("framing", [frame_octet_counted, frame_lf])

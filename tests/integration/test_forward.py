@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +126,14 @@ async def test_messages_wait_in_the_spool_until_the_upstream_comes(tmp_path: Pat
 
 
 async def _forward_stats(
-    server: Any, key: str, value: float, timeout_s: float = 10
+    server: Any,
+    key: str,
+    value: float | None,
+    timeout_s: float = 10,
+    until: Callable[[dict[str, float]], bool] | None = None,
 ) -> dict[str, float]:
-    """The relay's forward counters once `key` has reached `value`."""
+    """The relay's forward counters once `key` has reached `value` (or `until` holds)."""
+    done = until or (lambda stats: stats.get(key) == value)
     deadline = time.monotonic() + timeout_s
     while True:
         stats = {
@@ -135,7 +141,56 @@ async def _forward_stats(
             for k, v in server.stats().items()
             if k.startswith("forward_")
         }
-        if stats.get(key) == value or time.monotonic() > deadline:
-            assert stats.get(key) == value, stats
+        if done(stats) or time.monotonic() > deadline:
+            assert done(stats), stats
             return stats
         await asyncio.sleep(0.05)
+
+
+async def test_a_full_spool_in_block_mode_pauses_tcp_senders_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    from tests.integration.conftest import free_port
+
+    port = free_port()
+    count = 3000
+    messages = [b"<13>Jan  5 10:11:12 pod app: seq=%05d %s" % (n, b"z" * 120) for n in range(count)]
+    async with _relay(tmp_path, port, max_spool_bytes=65536, on_full="block") as a:
+        sending = asyncio.get_running_loop().run_in_executor(
+            None, send_tcp, a.port, octet(messages), "127.0.0.2"
+        )
+        stats = await _forward_stats(a.server, "spool_records", None, until=lambda s: s.get(
+            "spool_bytes", 0) >= 65536)  # fmt: skip
+        await asyncio.sleep(0.5)  # paused: nothing more is read
+        stats = await _forward_stats(a.server, "spool_records", stats["spool_records"])
+        assert stats["spool_bytes"] < 65536 + 256 * 1024  # one read (uvloop: 256 KiB) beyond
+        assert stats["dropped_full"] == 0
+        assert len(read_lines(a.file("127.0.0.2"))) < count  # the rest waits in the sockets
+        async with running_server(
+            tmp_path / "b",
+            {
+                "listen.addresses": [f"127.0.0.1:{port}"],
+                "origin.trust_origip": True,
+                "origin.trusted_sources": ["127.0.0.1/32"],
+            },
+        ) as b:
+            await sending
+            lines = await wait_for_lines(b.file("127.0.0.2"), count, timeout_s=20)
+            assert [line["msg"][5:10] for line in lines] == [f"{n:05d}" for n in range(count)]
+            assert len(read_lines(a.file("127.0.0.2"))) == count
+
+
+async def test_udp_into_a_full_block_spool_is_dropped_and_counted(tmp_path: Path) -> None:
+    from tests.integration.conftest import free_port
+
+    messages = [b"<13>Jan  5 10:11:12 pod app: n=%05d %s" % (n, b"u" * 200) for n in range(600)]
+    async with _relay(tmp_path, free_port(), max_spool_bytes=65536, on_full="block") as a:
+        for start in range(0, len(messages), 50):
+            send_udp(a.port, messages[start : start + 50], source="127.0.0.2")
+            await asyncio.sleep(0.01)
+        await wait_for_lines(a.file("127.0.0.2"), len(messages))  # the files still get them all
+        stats = await _forward_stats(a.server, "spooled", None, until=lambda s: s.get(
+            "spooled", 0) + s.get("dropped_full", 0) >= len(messages))  # fmt: skip
+        assert stats["dropped_full"] > 0
+        assert stats["spooled"] + stats["dropped_full"] == len(messages)
+        assert stats["spool_bytes"] < 65536 + 300  # the record that crossed the bound

@@ -112,3 +112,33 @@ def test_status_command_prints_a_summary(tmp_path: Path) -> None:
         assert lines["children"] == "1 (1 active)"
     finally:
         assert srv.stop() == 0
+
+
+async def test_forward_metrics_and_status(tmp_path: Path) -> None:
+    from relay.status import Status, format_status
+
+    async with (
+        running_server(tmp_path / "b") as b,
+        running_server(
+            tmp_path / "a",
+            {
+                "forward": [
+                    {"name": "up", "host": "127.0.0.1", "port": b.port, "confirm_after_s": 0.1}
+                ]
+            },
+        ) as a,
+    ):
+        send_tcp(a.port, lf([b"<13>Jan  5 10:11:12 h app: m"] * 5), source="127.0.0.2")
+        await wait_for_lines(b.file("127.0.0.1"), 5)
+        port = a.server.health.port
+        up = (("target", "up"),)
+        await _scrape_until(port, ("plura_relay_forward_sent_total", up), 5)  # (workers report)
+        samples = await _scrape_until(port, ("plura_relay_forward_spool_records", up), 0)
+        text = (await _get(port, "/metrics"))[1]
+    assert samples[("plura_relay_forward_sent_total", up)] == 5
+    assert samples[("plura_relay_forward_spooled_total", up)] == 5
+    assert samples[("plura_relay_forward_connected", up)] >= 1
+    assert samples[("plura_relay_forward_dropped_spool_full_total", up)] == 0
+    summary = format_status(Status(True, "ready", _samples(text)))
+    [line] = [line for line in summary.splitlines() if line.startswith("forward up ")]
+    assert line.split(None, 2)[2].startswith("connected, sent 5, spooled 0 (0.0 MB")
