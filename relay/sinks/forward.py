@@ -99,11 +99,12 @@ class _Upstream(asyncio.Protocol):
 
 
 class _UdpUpstream(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.errors = 0
+    def __init__(self, target: Target) -> None:
+        self._target = target
 
     def error_received(self, exc: Exception) -> None:
-        self.errors += 1  # ICMP unreachable: the datagram is gone, as UDP goes
+        # ICMP unreachable: the upstream is not listening; that datagram is gone, as UDP goes
+        self._target.connect_failures += 1
 
 
 def _unacknowledged_bytes(transport: asyncio.Transport) -> int | None:
@@ -141,11 +142,9 @@ class Target:
         # counters
         self.sent = 0
         self.sent_bytes = 0
-        self.refused_full = 0
         self.connects = 0
         self.connect_failures = 0
         self.disconnects = 0
-        self.resent_from = 0  # times the sender went back to the committed position
         self.too_large = 0
         self._last_error = ""
 
@@ -199,7 +198,7 @@ class Target:
         if self.config.protocol == "udp" and max(map(len, payloads)) > MAX_UDP_PAYLOAD:
             self.too_large += sum(len(p) > MAX_UDP_PAYLOAD for p in payloads)
             payloads = [p[:MAX_UDP_PAYLOAD] for p in payloads]
-        self.refused_full += self.spool.extend(payloads, received_at, force=lossless)
+        self.spool.extend(payloads, received_at, force=lossless)  # refusals: spool counts
         self.spool.flush()
 
     # -- sender -------------------------------------------------------------------------------
@@ -306,6 +305,10 @@ class Target:
             self.sent_bytes += len(data)
             if not upstream.writable.is_set():
                 await self._wait(lost, upstream.writable.wait())
+            else:
+                # a fast upstream takes batch after batch without ever pausing us: let the
+                # receive side run between them (a backlog must not starve reception)
+                await asyncio.sleep(0)
 
     @staticmethod
     async def _wait(lost: asyncio.Future[Exception | None], event: Any) -> None:
@@ -349,7 +352,6 @@ class Target:
 
     def _rewind(self) -> None:
         self._inflight.clear()
-        self.resent_from += 1
         self.spool.rewind()
         for spool, _ in self._orphans:
             spool.rewind()
@@ -365,7 +367,7 @@ class Target:
     async def _run_udp(self) -> None:
         loop, config = asyncio.get_running_loop(), self.config
         transport, _ = await loop.create_datagram_endpoint(
-            _UdpUpstream, remote_addr=(config.host, config.port)
+            lambda: _UdpUpstream(self), remote_addr=(config.host, config.port)
         )
         self.connects += 1
         self.connected = True

@@ -194,3 +194,24 @@ async def test_udp_into_a_full_block_spool_is_dropped_and_counted(tmp_path: Path
         assert stats["dropped_full"] > 0
         assert stats["spooled"] + stats["dropped_full"] == len(messages)
         assert stats["spool_bytes"] < 65536 + 300  # the record that crossed the bound
+
+
+async def test_spool_of_a_worker_that_no_longer_exists_is_sent_and_removed(
+    tmp_path: Path, workers: int
+) -> None:
+    """`workers` lowered from N+1 to N: worker N's spool is adopted, sent first, removed."""
+    from relay.sinks.forward import spool_directory
+    from relay.spool import Spool
+
+    orphan = spool_directory(str(tmp_path / "a" / "state"), "upstream", workers)
+    spool = Spool(orphan, max_bytes=1 << 20)
+    for n in range(30):
+        spool.append(b"<13>Jan  5 10:11:12 pod app: [origip=127.0.0.9] left over %02d" % n, 1.0)
+    spool.close()
+    async with _collector(tmp_path) as b, _relay(tmp_path, b.port):
+        lines = await wait_for_lines(b.file("127.0.0.9"), 30)
+        assert [line["msg"] for line in lines] == [f" left over {n:02d}" for n in range(30)]
+        deadline = time.monotonic() + 10
+        while orphan.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert not orphan.exists()
