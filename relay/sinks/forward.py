@@ -54,6 +54,7 @@ COMMIT_TICK_S = 0.05
 MAX_UDP_PAYLOAD = 65_507
 DECISION_CACHE_ENTRIES = 8192
 _INT = struct.Struct("i")
+SETTLE_MAX_S = 5.0  # at shutdown, the longest wait for the upstream to confirm what was sent
 STEADY_SESSION_S = 5.0  # a connection that lasted this long resets the reconnect backoff
 
 
@@ -138,6 +139,7 @@ class Target:
         own.on_data = self._ready.set
         self._inflight: deque[list[Any]] = deque()  # [bytes total, spool, position, acked at]
         self._sent_total = 0
+        self._settling = False  # shutting down: send nothing more, let what was sent confirm
         self.connected = False
         # counters
         self.sent = 0
@@ -292,6 +294,8 @@ class Target:
     async def _pump(self, upstream: _Upstream, transport: asyncio.Transport) -> None:
         lost = upstream.lost
         while not lost.done():
+            if self._settling:
+                await lost  # until stop() cancels us
             self._ready.clear()
             spool, records, position = self._read()
             if not records:
@@ -317,6 +321,14 @@ class Target:
             await asyncio.wait({waiter, lost}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
+
+    async def settle(self, timeout_s: float) -> None:
+        """Shutdown: send nothing more and give what was sent the time to be acknowledged and
+        confirmed, so that a clean restart sends no duplicates (bounded by `timeout_s`)."""
+        self._settling = True
+        deadline = time.monotonic() + timeout_s
+        while self.connected and self._inflight and time.monotonic() < deadline:
+            await asyncio.sleep(COMMIT_TICK_S)
 
     def _read(self) -> tuple[Spool, list[bytes], Position]:
         for spool, _ in self._orphans:
@@ -529,6 +541,9 @@ class Forwarders:
         self.gate.set_closed(False)
 
     async def stop(self) -> None:
+        await asyncio.gather(
+            *(t.settle(min(t.config.confirm_after_s + 1.0, SETTLE_MAX_S)) for t in self.targets)
+        )
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

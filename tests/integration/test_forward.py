@@ -215,3 +215,16 @@ async def test_spool_of_a_worker_that_no_longer_exists_is_sent_and_removed(
         while orphan.exists() and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert not orphan.exists()
+
+
+async def test_a_clean_restart_of_the_relay_sends_no_duplicates(tmp_path: Path) -> None:
+    async with _collector(tmp_path) as b:
+        async with _relay(tmp_path, b.port) as a:
+            send_tcp(a.port, octet(MESSAGES * 20), source="127.0.0.2")
+            await wait_for_lines(b.file("127.0.0.2"), len(MESSAGES) * 20)
+        async with _relay(tmp_path, b.port) as a:  # the same spool and cursor
+            await _forward_stats(
+                a.server, "connected", None, until=lambda s: s.get("connects", 0) >= 1
+            )
+            await asyncio.sleep(0.5)
+            assert len(read_lines(b.file("127.0.0.2"))) == len(MESSAGES) * 20
