@@ -1,4 +1,5 @@
-"""PLURA's relay stamp: `<PRI>TIMESTAMP HOSTNAME TAG [origip=<ip>] MSG`.
+"""PLURA's relay stamp: `<PRI>TIMESTAMP HOSTNAME TAG [origip=<ip>] MSG` (and RFC 5424's
+`[origin ip="<ip>"]`, which the `rfc5424` forward format uses).
 
 A relay in front of a NAT stamps the address it received a message from; the collector behind
 the NAT files the message under that address. Pure: bytes in, (address, msg) out. The address is
@@ -22,13 +23,34 @@ def split_origin(msg: bytes) -> tuple[str | None, bytes, bool]:
     match = _STAMP.match(msg)
     if match is None:
         return None, msg, False
-    try:
-        address = ipaddress.ip_address(match[2].decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
+    address = _address(match[2])
+    if address is None:
         return None, msg, True
+    return address, match[1] + msg[match.end() :], False
+
+
+# RFC 5424's own `origin` structured-data element, as relay.upstream_format's `rfc5424` puts it
+# first: `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [origin ip="<ip>"]...`
+_SD_ORIGIN = re.compile(rb'<[0-9]{1,3}>1 (?:[^ ]+ ){5}\[origin ip="([^"\s]{1,64})"')
+
+
+def origin_from_sd(raw: bytes) -> tuple[str | None, bool]:
+    """(origin address, present but invalid) from an RFC 5424 frame's `[origin ip=...]`."""
+    match = _SD_ORIGIN.match(raw)
+    if match is None:
+        return None, False
+    address = _address(match[1])
+    return address, address is None
+
+
+def _address(text: bytes) -> str | None:
+    try:
+        address = ipaddress.ip_address(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return str(address), match[1] + msg[match.end() :], False
+    return str(address)
 
 
 def stamp(msg: bytes, origin: str) -> bytes:

@@ -13,7 +13,7 @@ import msgspec
 from relay.config import Route
 from relay.limits import Admission, SourceFilter
 from relay.message import SyslogMessage
-from relay.origin import split_origin
+from relay.origin import origin_from_sd, split_origin
 from relay.parse import MAX_MESSAGE_BYTES, parse
 from relay.parse.fast import CONTROL_BYTES, PRI_VALUES, RFC3164_HEADER
 from relay.parse.rfc3164 import TAG_MAX_BYTES
@@ -180,6 +180,8 @@ class Pipeline:
         for frame in frames:
             message = self._parse(frame, relay, received_at)
             origin, msg, invalid = split_origin(message.msg)
+            if origin is None and not invalid:
+                origin, invalid = origin_from_sd(message.raw)  # a relay's rfc5424 format
             self.origin_invalid += invalid
             source, via = relay, None
             if origin is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from relay.limits import SourceFilter
-from relay.origin import split_origin, stamp
+from relay.origin import origin_from_sd, split_origin, stamp
 from relay.pipeline import Pipeline
 from tests.memory_sink import Lines
 
@@ -60,3 +60,17 @@ def test_trusted_relay_files_under_the_origin_and_untrusted_keeps_the_text() -> 
         ("198.51.100.7", None),
     ]
     assert (pipeline.origin_stamped, pipeline.origin_invalid) == (1, 1)
+
+
+SD_CASES = [
+    pytest.param(b'<13>1 2024-01-05T10:11:12Z h app 42 - [origin ip="10.1.2.3"] hi', "10.1.2.3", False, id="ipv4"),
+    pytest.param(b'<13>1 2024-01-05T10:11:12Z h app - - [origin ip="fd00::7"][x@1 a="b"] hi', "fd00::7", False, id="ipv6"),
+    pytest.param(b'<13>1 2024-01-05T10:11:12Z h app - - [origin ip="../x"] hi', None, True, id="invalid"),
+    pytest.param(b'<13>1 2024-01-05T10:11:12Z h app - - [x@1 a="b"][origin ip="10.1.2.3"] hi', None, False, id="not-first"),
+    pytest.param(b"<13>Jan  5 10:11:12 h app: [origin ip=\"10.1.2.3\"]", None, False, id="rfc3164"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw", "origin", "invalid"), SD_CASES)
+def test_origin_from_rfc5424_structured_data(raw: bytes, origin: str | None, invalid: bool) -> None:
+    assert origin_from_sd(raw) == (origin, invalid)

@@ -90,6 +90,18 @@ async def test_collector_files_under_the_original_senders(
         assert not b.file("127.0.0.1").exists()  # nothing filed under the relay
 
 
+async def test_rfc5424_format_carries_the_origin_too(tmp_path: Path) -> None:
+    async with _collector(tmp_path) as b, _relay(tmp_path, b.port, format="rfc5424") as a:
+        send_udp(a.port, MESSAGES, source="127.0.0.3")
+        here = await wait_for_lines(a.file("127.0.0.3"), len(MESSAGES))
+        there = await wait_for_lines(b.file("127.0.0.3"), len(MESSAGES))
+        # RFC 5424 keeps hostname, programname, PRI and the text; MSG loses the space after
+        # an RFC 3164 tag, and the tag becomes APP-NAME[PROCID]
+        assert [
+            (x["hostname"], x["programname"], x["pri"], x["msg"].lstrip(" ")) for x in there
+        ] == [(x["hostname"], x["programname"], x["pri"], x["msg"].lstrip(" ")) for x in here]
+
+
 async def test_filter_and_raw_format(tmp_path: Path) -> None:
     async with (
         running_server(tmp_path / "b") as b,
