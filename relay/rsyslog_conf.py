@@ -54,3 +54,59 @@ def collector_conf(
         'action(type="omfile" dynaFile="CeeLogFile" template="CEETemplate" '
         'fileCreateMode="0640" dirCreateMode="0755")\n'
     )
+
+
+# PLURA's relay pattern in rsyslog (MISSION: "Origin IP through NAT"), both ends, as the
+# rsyslog.d/ files and tests/differential/test_relay_interop.py use them.
+
+ORIGIP_RELAY_TEMPLATE = (
+    "<%PRI%>%TIMESTAMP% %HOSTNAME% %syslogtag% [origip=%fromhost-ip%]%msg:::sp-if-no-1st-sp%%msg%"
+)
+"""The relay's template. The space after %syslogtag% is needed: after a tag without `:` (`app`,
+RFC 5424's `APP[PROCID]`) a stamp touching it would be read as part of the tag."""
+
+
+def origip_relay_conf(target: str, port: int = 514, *, queue: str = "plura-fwd") -> str:
+    """An rsyslog relay: every message to `target` over TCP (octet-counted) with the stamp,
+    through a disk-assisted queue (kept across restarts, retried forever)."""
+    return (
+        f'template(name="PluraOrigipRelay" type="string" string="{ORIGIP_RELAY_TEMPLATE}")\n'
+        f'action(type="omfwd" target="{target}" port="{port}" protocol="tcp"\n'
+        '       TCP_Framing="octet-counted" template="PluraOrigipRelay"\n'
+        f'       queue.type="LinkedList" queue.filename="{queue}" queue.saveOnShutdown="on"\n'
+        '       queue.maxDiskSpace="1g" action.resumeRetryCount="-1")\n'
+    )
+
+
+# The collector's rules: a stamp opening msg (after at most the space rsyslog keeps after the
+# tag) files the message under that address, with the stamp removed exactly as plura-relay's
+# relay/origin.py does (the space before the stamp is kept, one after it dropped); anything
+# else goes to the fallback file. POSIX ERE: `[^]]` is "not `]`"; `$` must not be in a
+# double-quoted RainerScript string, hence the single quotes.
+_ORIGIP_RULES = r"""set $.origip = re_extract($msg, "^ ?\\[origip=([0-9A-Fa-f:.]+)\\]", 0, 1, "");
+if $.origip != "" then {
+  set $.msg = re_extract($msg, "^( ?)\\[", 0, 1, "")
+            & re_extract($msg, '^ ?\\[origip=[^]]+\\] ?(.*)$', 0, 1, "");
+  action(type="omfile" dynaFile="PluraOrigipFile" template="PluraOrigipCEETemplate"
+         fileCreateMode="0640" dirCreateMode="0755")
+} else {
+  action(type="omfile" file="LOG_DIR/ceelog-fallback.log" template="CEETemplate"
+         fileCreateMode="0640" dirCreateMode="0755")
+}
+"""
+_MSG_PROPERTY = 'property(name="msg" format="jsonf")'
+
+
+def origip_collector_rules(log_dir: str = "/var/log/plura") -> str:
+    """PLURA's collector behind relays: CEETemplate, its copy with the stripped msg, and the
+    rules (the inputs are the caller's)."""
+    origip_template = CEE_TEMPLATE.replace('"CEETemplate"', '"PluraOrigipCEETemplate"').replace(
+        _MSG_PROPERTY, 'property(name="$.msg" format="jsonf" outname="msg")'
+    )
+    return (
+        CEE_TEMPLATE
+        + origip_template
+        + 'template(name="PluraOrigipFile" type="string" '
+        f'string="{log_dir}/ceelog-%$.origip%.log")\n'
+        + _ORIGIP_RULES.replace("LOG_DIR", log_dir)
+    )

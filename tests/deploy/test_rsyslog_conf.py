@@ -19,11 +19,17 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from relay.podconf import NODE_IP_PLACEHOLDER, pod_snippet
-from relay.rsyslog_conf import CEE_TEMPLATE, collector_conf
+from relay.rsyslog_conf import (
+    CEE_TEMPLATE,
+    collector_conf,
+    origip_collector_rules,
+    origip_relay_conf,
+)
 from tests.deploy.conftest import RSYSLOG_D
 from tests.rsyslogd import (
     free_port,
@@ -135,7 +141,25 @@ VALID = [
     pytest.param(lambda: pod_snippet("fd00:10:244::1"), id="pod-udp-v6"),
     pytest.param(lambda: pod_snippet("fd00:10:244::1", tcp=True, port=1514), id="pod-tcp-v6"),
     pytest.param(lambda: COLLECTOR.read_text(), id="collector"),
+    pytest.param(lambda: (RSYSLOG_D / "collector-origip.conf").read_text(), id="collector-origip"),
+    pytest.param(
+        lambda: (RSYSLOG_D / "relay-origip.conf").read_text().replace("COLLECTOR_HOST", "10.0.0.9"),
+        id="relay-origip",
+    ),
 ]
+
+
+@pytest.mark.parametrize(
+    ("name", "rendered"),
+    [
+        ("relay-origip.conf", lambda: origip_relay_conf("COLLECTOR_HOST")),
+        ("collector-origip.conf", origip_collector_rules),
+    ],
+)
+def test_origip_files_are_what_rsyslog_conf_renders(name: str, rendered: Any) -> None:
+    text = (RSYSLOG_D / name).read_text()
+    body = "".join(line + "\n" for line in text.splitlines() if not line.startswith("#"))
+    assert body == rendered()
 
 
 @pytest.mark.parametrize("text", VALID)

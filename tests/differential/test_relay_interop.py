@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.rsyslog_conf import CEE_TEMPLATE
+from relay.rsyslog_conf import origip_collector_rules, origip_relay_conf
 from tests.integration.conftest import ServerProcess
 from tests.rsyslogd import (
     LISTEN_HOST,
@@ -162,7 +162,7 @@ def _gains_space_after_plura_relay(record: dict[str, bytes]) -> bool:
 
 
 def _gains_space_after_rsyslog(record: dict[str, bytes]) -> bool:
-    """rsyslog with PLURA's template puts a space after every tag (see RELAY_TEMPLATE)."""
+    """rsyslog with PLURA's template puts a space after every tag (relay.rsyslog_conf.ORIGIP_RELAY_TEMPLATE)."""
     return not record["msg"].startswith(b" ")
 
 
@@ -175,42 +175,15 @@ def send_all(port: int, src_ip: str) -> None:
 
 # --------------------------------------------------------------------------- 1: plura-relay -> rsyslogd
 
-# PLURA's collector rules. The stamp must open msg (after at most the space rsyslog keeps after
-# the tag): a stamp elsewhere is text, as in plura-relay's relay/origin.py, so the nginx line's
-# query string cannot refile it. What is kept of msg mirrors relay/origin.py split_origin: the
-# space before the stamp (the sender's space after the tag), not the one the relay put after
-# it. POSIX ERE (glibc regcomp): `[^]]` is "not `]`"; `$` must not be in a double-quoted
-# RainerScript string, hence the single quotes.
-ORIGIP_RULES = r"""set $.origip = re_extract($msg, "^ ?\\[origip=([0-9A-Fa-f:.]+)\\]", 0, 1, "");
-if $.origip != "" then {
-  set $.msg = re_extract($msg, "^( ?)\\[", 0, 1, "")
-            & re_extract($msg, '^ ?\\[origip=[^]]+\\] ?(.*)$', 0, 1, "");
-  action(type="omfile" dynaFile="OrigipFile" template="OrigipCEETemplate")
-} else {
-  action(type="omfile" file="{log_dir}/ceelog-fallback.log" template="CEETemplate")
-}
-"""
-ORIGIP_MSG_PROPERTY = 'property(name="$.msg" format="jsonf" outname="msg")'
-
 
 def origip_collector_conf(log_dir: Path, port: int, work_dir: Path) -> str:
-    """imtcp only (the relay forwards over TCP), ORIGIP_RULES filing into `log_dir`."""
-    msg_property = 'property(name="msg" format="jsonf")'
-    assert CEE_TEMPLATE.count(msg_property) == 1, "CEE_TEMPLATE changed: expecting one msg"
-    origip_template = CEE_TEMPLATE.replace('"CEETemplate"', '"OrigipCEETemplate"').replace(
-        msg_property, ORIGIP_MSG_PROPERTY
-    )
-    file_template = (
-        f'template(name="OrigipFile" type="string" string="{log_dir}/ceelog-%$.origip%.log")\n'
-    )
+    """imtcp only (the relay forwards over TCP) and the shipped collector rules
+    (rsyslog.d/collector-origip.conf, relay.rsyslog_conf.origip_collector_rules)."""
     return (
         f'global(net.enableDNS="off" workDirectory="{work_dir}")\n'
         'module(load="imtcp")\n'
         f'input(type="imtcp" port="{port}" address="{LISTEN_HOST}")\n'
-        + CEE_TEMPLATE
-        + origip_template
-        + file_template
-        + ORIGIP_RULES.replace("{log_dir}", str(log_dir))
+        + origip_collector_rules(str(log_dir))
     )
 
 
@@ -259,24 +232,16 @@ def test_rsyslogd_collector_files_plura_relays_messages_under_the_senders(
 
 # --------------------------------------------------------------------------- 2: rsyslogd -> plura-relay
 
-# PLURA's relay template, as given. The space after %syslogtag% is needed: after a tag without
-# `:` (`app`, RFC 5424's `APP[PROCID]`) a stamp touching it would be read as part of the tag.
-# The collector reads ` [origip=X]<msg>` as msg (the space after the tag is msg's), and
-# split_origin keeps that space and drops one space after the stamp, the one
-# `sp-if-no-1st-sp` adds or msg's own: a msg with a leading space comes out unchanged, any
-# other msg gains one (`su:x` -> ` x`). Without the space after the tag `su: x` would lose its
-# space instead and `app x` would get the tag `app[origip=...]`, so the template stays as is.
-RELAY_TEMPLATE = (
-    "<%PRI%>%TIMESTAMP% %HOSTNAME% %syslogtag% [origip=%fromhost-ip%]%msg:::sp-if-no-1st-sp%%msg%"
-)
-
 
 def rsyslog_relay_conf(log_dir: Path, port: int, work_dir: Path, upstream_port: int) -> str:
-    """PLURA's collector config (its ceelog is the reference) plus forwarding with the stamp."""
-    return reference_conf(log_dir, port, LISTEN_HOST, work_dir) + (
-        f'template(name="PluraRelay" type="string" string="{RELAY_TEMPLATE}")\n'
-        f'action(type="omfwd" target="127.0.0.1" port="{upstream_port}" protocol="tcp"'
-        ' TCP_Framing="octet-counted" template="PluraRelay")\n'
+    """PLURA's collector config (its ceelog is the reference) plus the shipped relay action
+    (rsyslog.d/relay-origip.conf, relay.rsyslog_conf.origip_relay_conf). About its template:
+    the collector reads ` [origip=X]<msg>` as msg (the space after the tag is msg's), and
+    split_origin keeps that space and drops one space after the stamp, the one
+    `sp-if-no-1st-sp` adds or msg's own: a msg with a leading space comes out unchanged, any
+    other msg gains one (`su:x` -> ` x`)."""
+    return reference_conf(log_dir, port, LISTEN_HOST, work_dir) + origip_relay_conf(
+        "127.0.0.1", upstream_port
     )
 
 
