@@ -56,7 +56,7 @@ def rfc3164_origip(message: SyslogMessage, origin: str) -> bytes:
     # address) would shift every field after it: the sender's address stands in
     hostname = message.hostname
     if _HOSTNAME_3164.match(hostname) is None:
-        hostname = origin.encode()
+        hostname = _hostname_for(origin)
     return b"<%d>%s %s %s%s" % (pri, timestamp, hostname, tag,
                                 stamp_after(tag, message.msg, origin))  # fmt: skip
 
@@ -65,6 +65,15 @@ def origip_stamps(origin: str) -> tuple[bytes, bytes]:
     """The two spellings of the stamp (see `stamp`): before a MSG that starts with a space,
     and right after a tag's `:`."""
     return b" [origip=%s]" % origin.encode(), b"[origip=%s] " % origin.encode()
+
+
+def _hostname_for(origin: str) -> bytes:
+    """The sender's address as an RFC 3164 HOSTNAME: an IPv6 address has `:`, which would end
+    the hostname early, so they are written as `-` (`fd00::7` -> `fd00--7`)."""
+    if ":" not in origin:
+        return origin.encode()
+    name = origin.replace(":", "-").replace("%", "-")
+    return (name + "0" if name.endswith("-") else name).encode()
 
 
 def stamp_frame(

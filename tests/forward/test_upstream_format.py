@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.framing import Framer
-from relay.origin import split_origin
+from relay.origin import origin_from_sd, split_origin
 from relay.parse import parse
 from relay.parse.fast import RFC3164_HEADER, has_control
 from relay.parse.rfc3164 import TAG_MAX_BYTES
@@ -156,3 +158,29 @@ def test_framings_are_read_back_by_our_framer(framing) -> None:  # type: ignore[
 
 def test_lf_framing_keeps_a_newline_from_splitting_the_message() -> None:
     assert frame_lf([b"a\nb"]) == b"a b\n"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    frame=st.one_of(
+        st.binary(min_size=1, max_size=300),
+        st.builds(
+            lambda pri, host, tag, msg: b"<%d>Jan  5 10:11:12 %s %s%s" % (pri, host, tag, msg),
+            st.integers(0, 200),
+            st.binary(max_size=20),
+            st.binary(max_size=40),
+            st.binary(max_size=60),
+        ),
+    ),
+    peer=st.sampled_from(["10.1.2.3", "fd00::7", "192.0.2.200"]),
+)
+def test_any_message_keeps_its_origin_through_the_hop(frame: bytes, peer: str) -> None:
+    """Whatever a sender sends, the collector finds the relay's stamp (never raises either)."""
+    for fmt in ("rfc3164-origip", "rfc5424", "raw"):
+        wire = render(fmt, parse(frame, received_at=AT, peer=peer), peer)
+        assert b"\n" not in wire or fmt == "raw"
+    got = parse(render("rfc3164-origip", parse(frame, received_at=AT, peer=peer), peer),
+                received_at=AT, peer="192.0.2.1")  # fmt: skip
+    assert split_origin(got.msg)[:1] == (peer,)
+    five = render("rfc5424", parse(frame, received_at=AT, peer=peer), peer)
+    assert origin_from_sd(five) == (peer, False)
