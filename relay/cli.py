@@ -109,8 +109,9 @@ def worker(index: int, report_fd: int, sockets: tuple[str, ...]) -> None:
 def check_config(file: str) -> None:
     """Validate FILE; exit 0 if it is valid, else print the error and exit 1."""
     cfg = _load(file, {})
+    forwards = "".join(f", forward {f.name}: {f.protocol} {f.host}:{f.port}" for f in cfg.forward)
     click.echo(f"{file}: OK ({len(cfg.listen.addresses)} listen address(es), "
-               f"log dir {cfg.output.log_dir})")  # fmt: skip
+               f"log dir {cfg.output.log_dir}{forwards})")  # fmt: skip
 
 
 @main.command()
