@@ -5,6 +5,9 @@
   smoke   the same code paths with tiny counts in well under a minute, no thresholds; exits
           non-zero if the harness is broken (a step verified no line, a server failed, or
           rsyslog's output failed a check)
+  relay   relay mode: rsyslog (omfwd + disk-assisted queue) beside plura-relay ([[forward]]
+          + spool), both forwarding every message to a sink; writes loadtest/RELAY-RESULTS.md
+          (a few minutes; --smoke: seconds, no thresholds)
   gen     run the load generator by hand against a server you started
   verify  count and check the ceelog files of a directory
   report  re-render RESULTS.md and the plot from a results-*.json
@@ -18,11 +21,14 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from loadtest import driver, gen, report, verify
+from loadtest import driver, forwarding, forwarding_report, gen, report, verify
 from loadtest.servers import ServerSpec, free_port, parse_servers, plura_relay_available
 
 HERE = Path(__file__).resolve().parent
@@ -207,6 +213,48 @@ def smoke_problems(results: driver.Results, specs: list[ServerSpec]) -> list[str
     return problems
 
 
+def relay_plan_from(args: argparse.Namespace) -> forwarding.RelayPlan:
+    specs = parse_servers(args.servers, args.plura_args)
+    pinning = bool(args.gen_cpu) and (os.cpu_count() or 1) >= 2
+    if not pinning:
+        logging.warning("fewer than 2 CPUs or pinning disabled: server and generator share CPUs")
+    plan = forwarding.RelayPlan(
+        servers=tuple(specs), reps=args.reps, count=args.count, conns=args.conns,
+        framing=args.framing, port=args.port or free_port(),
+        server_cpu=args.server_cpu if pinning else None,
+        gen_cpu=args.gen_cpu if pinning else None,
+        sink_cpu=(args.sink_cpu or None) if pinning else None, settle_s=args.settle,
+        max_wait_s=args.max_wait, keep_output=args.keep_output, baseline=args.baseline,
+        out_dir=args.out_dir or driver.OUT_DIR / ("relay-smoke" if args.smoke else "relay"),
+    )  # fmt: skip
+    return replace(plan, **forwarding.SMOKE) if args.smoke else plan  # type: ignore[arg-type]
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    if args.from_json:
+        forwarding_report.write_report(driver.load_results(args.from_json), args.results)
+        return 0
+    plan = relay_plan_from(args)
+    t0 = time.monotonic()
+    results = forwarding.run_plan(plan)
+    argv = sys.argv[1:] if args.argv is None else args.argv
+    results.plan["command"] = shlex.join(["python", "-m", "loadtest", *argv])
+    raw = plan.out_dir / f"relay-results-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    driver.save_results(results, raw)
+    md = plan.out_dir / "RELAY-RESULTS.md" if args.smoke else args.results
+    forwarding_report.write_report(results, md)
+    for rec in results.records:
+        print(f"{rec['server']:<24} {forwarding.describe(rec)}")
+    problems = forwarding.smoke_problems(results, [s.name for s in plan.servers])
+    print(f"relay: {len(results.records)} sessions in {time.monotonic() - t0:.1f} s; {md}, {raw}")
+    for problem in problems:
+        print("FAIL:", problem)
+    if args.smoke:
+        print("relay smoke:", "FAILED" if problems else "ok")
+        return 1 if problems else 0
+    return 1 if results.errors else 0
+
+
 def cmd_gen(args: argparse.Namespace) -> int:
     if args.many:
         summary = gen.send_many_sources(
@@ -278,6 +326,8 @@ def parser() -> argparse.ArgumentParser:
     smoke.add_argument("--out-dir", type=Path, default=driver.OUT_DIR / "smoke")
     smoke.set_defaults(func=cmd_smoke)
 
+    add_relay_parser(sub)
+
     g = sub.add_parser("gen", help="run the load generator by hand (prints its summary)")
     g.add_argument("--port", type=int, required=True)
     g.add_argument("--host", default="127.0.0.1", help="a 127.0.0.0/8 address")
@@ -321,8 +371,47 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def add_relay_parser(sub: Any) -> None:
+    d = forwarding.RelayPlan(servers=())
+    p = sub.add_parser(
+        "relay",
+        help="relay mode: rsyslog and plura-relay forwarding to a sink -> RELAY-RESULTS.md",
+        description=forwarding.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--servers", default="rsyslog,plura-relay", help="default: %(default)s")
+    p.add_argument("--plura-args", action="append", default=[], metavar="ARGS")
+    p.add_argument("--reps", type=int, default=d.reps, help="repetitions (default %(default)s)")
+    p.add_argument("--count", type=count, default=d.count, help="messages per repetition")
+    p.add_argument("--conns", type=int, default=d.conns, help="TCP connections")
+    p.add_argument(
+        "--framing", choices=("octet", "lf"), default=d.framing,
+        help="generator -> server framing (server -> sink is octet-counted)",
+    )  # fmt: skip
+    p.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
+    p.add_argument("--server-cpu", default=d.server_cpu)
+    p.add_argument("--gen-cpu", default=d.gen_cpu, help="'' disables pinning")
+    p.add_argument("--sink-cpu", default=d.sink_cpu, help="'' leaves the sink unpinned")
+    p.add_argument(
+        "--no-baseline", dest="baseline", action="store_false",
+        help="skip the sessions without forwarding (each server as a plain collector)",
+    )  # fmt: skip
+    p.add_argument("--settle", type=float, default=d.settle_s)
+    p.add_argument("--max-wait", type=float, default=d.max_wait_s)
+    p.add_argument("--out-dir", type=Path, help="default: loadtest/out/relay (or relay-smoke)")
+    p.add_argument("--keep-output", action="store_true", help="keep the ceelog files")
+    p.add_argument("--results", type=Path, default=HERE / "RELAY-RESULTS.md")
+    p.add_argument(
+        "--smoke", action="store_true",
+        help="tiny counts, 1 repetition, report in --out-dir; fails only if the harness is broken",
+    )  # fmt: skip
+    p.add_argument("--from-json", type=Path, help="only re-render --results from a raw record")
+    p.set_defaults(func=cmd_relay)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(message)s",

@@ -79,15 +79,21 @@ def check_loopback(address: str) -> None:
 
 def build_loadgen(bin_dir: Path) -> Path:
     """Compile loadgen.c with gcc into bin_dir (once per source version); return the binary."""
-    source = LOADGEN_SOURCE.read_bytes()
-    exe = bin_dir / f"loadgen-{hashlib.sha256(source).hexdigest()[:12]}"
+    return build_c(LOADGEN_SOURCE, bin_dir)
+
+
+def build_c(source_path: Path, bin_dir: Path) -> Path:
+    """Compile one of loadtest's C programs (`gcc -O2 -Wall -pthread`) into bin_dir as
+    `<stem>-<digest>`, once per source version; return the binary."""
+    source = source_path.read_bytes()
+    exe = bin_dir / f"{source_path.stem}-{hashlib.sha256(source).hexdigest()[:12]}"
     if exe.exists():
         return exe
     if shutil.which("gcc") is None:
-        raise RuntimeError("gcc is needed to build loadtest/loadgen.c")
+        raise RuntimeError(f"gcc is needed to build {source_path}")
     bin_dir.mkdir(parents=True, exist_ok=True)
     tmp = exe.with_suffix(".tmp")
-    cmd = ["gcc", "-O2", "-Wall", "-pthread", "-o", str(tmp), str(LOADGEN_SOURCE)]
+    cmd = ["gcc", "-O2", "-Wall", "-pthread", "-o", str(tmp), str(source_path)]
     subprocess.run(cmd, check=True)
     tmp.rename(exe)
     return exe

@@ -72,6 +72,21 @@ def rss_bytes(root: int) -> int:
     )
 
 
+def peak_rss_bytes(root: int) -> int:
+    """VmHWM (the highest resident set size so far) summed over the tree."""
+
+    def hwm(pid: int) -> int:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
+
+    return _tree_sum(root, hwm)
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, as /proc/loadavg gives them."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def fd_count(root: int) -> int:
     return _tree_sum(root, lambda pid: len(os.listdir(f"/proc/{pid}/fd")))
 
