@@ -104,9 +104,6 @@ def origip_collector_rules(log_dir: str = "/var/log/plura") -> str:
         _MSG_PROPERTY, 'property(name="$.msg" format="jsonf" outname="msg")'
     )
     return (
-        CEE_TEMPLATE
-        + origip_template
-        + 'template(name="PluraOrigipFile" type="string" '
-        f'string="{log_dir}/ceelog-%$.origip%.log")\n'
-        + _ORIGIP_RULES.replace("LOG_DIR", log_dir)
+        CEE_TEMPLATE + origip_template + 'template(name="PluraOrigipFile" type="string" '
+        f'string="{log_dir}/ceelog-%$.origip%.log")\n' + _ORIGIP_RULES.replace("LOG_DIR", log_dir)
     )

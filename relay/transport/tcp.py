@@ -1,4 +1,4 @@
-"""TCP listener: RFC 6587 framing per connection (relay.framing), frames to `on_frame`."""
+"""TCP and TLS listeners: RFC 6587 framing per connection (relay.framing), frames to `on_frame`."""
 
 from __future__ import annotations
 
