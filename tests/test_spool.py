@@ -630,7 +630,8 @@ def _check_model(directory: Path, operations: list[tuple[str, int]], segment_byt
             committed = read
         elif operation == "rewind":
             spool.rewind()
-            read = committed
+            # the position of what is read is the committed one again
+            read, last_position = committed, spool.committed
         else:
             if operation == "reopen":
                 spool.close()
