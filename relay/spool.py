@@ -2,8 +2,11 @@
 
 Owns one directory: segments `%016d.seg`, whose records are appended in order and never
 rewritten, and `cursor`, the committed position as `"<segment> <offset>\\n"`, replaced
-atomically. A record is `crc32 u32 | length u32 | enqueued_at f64 | payload`, little endian; the
-CRC covers everything after itself, so a torn write or a rotted byte is found before it is sent.
+atomically. A record is `crc32 u32 | length u32 | enqueued_at u32 (s) | messages u32 | payload`,
+little endian; the CRC covers everything after itself, so a torn write or a rotted byte is found
+before it is sent. A record may hold several messages (a forwarder spools each received batch,
+already framed, as one record); counts (`pending_records`, the drop counters, `inspect`) are in
+messages.
 
 Flow: the receive path `append`s (memory only) and `flush`es once per batch (one write, so a
 SIGKILL after the flush loses nothing); the sender `read`s from its read position, `commit`s what
@@ -33,11 +36,12 @@ from typing import Literal, NamedTuple
 
 logger = logging.getLogger(__name__)
 
-HEADER = struct.Struct("<IId")  # crc32, payload length, enqueued_at
+HEADER = struct.Struct("<IIII")  # crc32, payload length, enqueued_at (s), messages in it
 _CRC = struct.Struct("<I")
 _LENGTH = struct.Struct("<I")
-_LENGTH_AT = struct.Struct("<Id")  # what the CRC covers, ahead of the payload
-_TIME = struct.Struct("<d")
+_MESSAGES = struct.Struct("<I")  # at offset 12
+_COVERED = struct.Struct("<III")  # what the CRC covers, ahead of the payload
+MAX_U32 = 0xFFFFFFFF
 SEGMENT_NAME = re.compile(r"(\d{16})\.seg")
 CURSOR_NAME = "cursor"
 CORRUPT_MARK = ".corrupt-"
@@ -132,6 +136,7 @@ class Spool:
         self.fsync_interval_s = fsync_interval_s
         self.cursor_interval_s = cursor_interval_s
         self.on_data: Callable[[], None] | None = None
+        self.read_messages = 0  # messages in the records the last `read` returned
         self.appended = self.dropped_oldest = self.dropped_newest = 0
         self.corrupt_events = self.corrupt_bytes = 0
         self._clock = clock
@@ -160,20 +165,23 @@ class Spool:
         self._recount()
 
     # -- hot path ---------------------------------------------------------------------------
-    def append(self, payload: bytes, at: float, *, force: bool = False) -> bool:
-        """Queues one record in memory (`flush` writes it). False: refused because the spool is
-        full and `force` is not set (counted in `dropped_newest`)."""
+    def append(self, payload: bytes, at: float, *, messages: int = 1, force: bool = False) -> bool:
+        """Queues one record in memory (`flush` writes it); it holds `messages` messages (a
+        forwarder stores a whole received batch, already framed, as one record). False: refused
+        because the spool is full and `force` is not set (counted in `dropped_newest`)."""
         size = HEADER.size + len(payload)
-        if self._pending_bytes + size > self.max_bytes and not self._make_room(size, force):
+        if self._pending_bytes + size > self.max_bytes and not self._make_room(
+            size, force, messages
+        ):
             return False
-        length_at = _LENGTH_AT.pack(len(payload), at)
+        covered = _COVERED.pack(len(payload), _seconds(at), messages)
         buffer = self._buffer
-        buffer += _CRC.pack(zlib.crc32(payload, zlib.crc32(length_at)))
-        buffer += length_at
+        buffer += _CRC.pack(zlib.crc32(payload, zlib.crc32(covered)))
+        buffer += covered
         buffer += payload
-        self._buffer_records += 1
+        self._buffer_records += messages
         self._pending_bytes += size
-        self.appended += 1
+        self.appended += messages
         return True
 
     def extend(self, payloads: list[bytes], at: float, *, force: bool = False) -> int:
@@ -182,12 +190,13 @@ class Spool:
         size = HEADER.size * len(payloads) + sum(map(len, payloads))
         if self._pending_bytes + size > self.max_bytes:  # the slow path decides per record
             return sum(not self.append(payload, at, force=force) for payload in payloads)
-        time_bytes = _TIME.pack(at)
+        # one message per record
+        at_one = _COVERED.pack(0, _seconds(at), 1)[4:]
         buffer, crc32, pack_length, pack_crc = self._buffer, zlib.crc32, _LENGTH.pack, _CRC.pack
         for payload in payloads:
-            length_at = pack_length(len(payload)) + time_bytes
-            buffer += pack_crc(crc32(payload, crc32(length_at)))
-            buffer += length_at
+            covered = pack_length(len(payload)) + at_one
+            buffer += pack_crc(crc32(payload, crc32(covered)))
+            buffer += covered
             buffer += payload
         self._buffer_records += len(payloads)
         self._pending_bytes += size
@@ -257,6 +266,7 @@ class Spool:
         records, at least one if there is any) and the position after the last of them."""
         payloads: list[bytes] = []
         budget, more = max_bytes, True
+        self.read_messages = 0
         while more and (budget > 0 or not payloads):
             self._renormalize()
             segment = self._segments[self._read.segment]
@@ -362,14 +372,14 @@ class Spool:
         )  # fmt: skip
 
     # -- writing ----------------------------------------------------------------------------
-    def _make_room(self, size: int, force: bool) -> bool:
+    def _make_room(self, size: int, force: bool, messages: int) -> bool:
         """The slow path of `append` when `size` more bytes would pass `max_bytes`."""
         if self.on_full == "drop_oldest":
             self._drop_oldest(size)
             return True
         if force or self._pending_bytes < self.max_bytes:
             return True
-        self.dropped_newest += 1
+        self.dropped_newest += messages
         return False
 
     def _drop_oldest(self, size: int) -> None:
@@ -386,7 +396,7 @@ class Spool:
             self._dropped_unlogged += dropped
             if self._drop_log.ready():
                 logger.warning(
-                    "spool %s: full (max_bytes %d): dropped the %d oldest records (%d in all)",
+                    "spool %s: full (max_bytes %d): dropped the %d oldest messages (%d in all)",
                     self.directory, self.max_bytes, self._dropped_unlogged, self.dropped_oldest,
                 )  # fmt: skip
                 self._dropped_unlogged = 0
@@ -424,16 +434,17 @@ class Spool:
         return True
 
     def _chunk(self, room: int) -> tuple[int, int]:
-        """Bytes and records at the start of the buffer that fit in `room` (at least one)."""
+        """Bytes and messages of the records at the start of the buffer that fit in `room` (at
+        least one record)."""
         buffer = self._buffer
         if len(buffer) <= room:
             return len(buffer), self._buffer_records
         offset = count = 0
         while offset < len(buffer):
             end = offset + HEADER.size + _LENGTH.unpack_from(buffer, offset + 4)[0]
-            if end > room and count:
+            if end > room and offset:
                 break
-            offset, count = end, count + 1
+            offset, count = end, count + _MESSAGES.unpack_from(buffer, offset + 12)[0]
         return offset, count
 
     def _cut_back(self, fd: int, size: int) -> None:
@@ -498,6 +509,7 @@ class Spool:
                 block = os.pread(fd, first, offset)  # one record larger than the budget
         used, count, reason = _scan(block, 0, payloads)
         self._read, self._read_nth = Position(segment_id, offset + used), self._read_nth + count
+        self.read_messages += count
         if reason == "torn tail" and used:
             return used, False  # the block ended inside a record: the budget is used up
         if reason is not None or not used:
@@ -558,7 +570,7 @@ class Spool:
         return min(i for i in self._segments if i > segment_id)
 
     def _nth_at(self, position: Position) -> int:
-        """How many records of its segment come before `position` (after the committed one)."""
+        """How many messages of its segment come before `position` (after the committed one)."""
         segment_id, offset = position
         segment = self._segments[segment_id]
         if offset > segment.size:
@@ -574,8 +586,8 @@ class Spool:
         data = os.pread(self._reader(segment_id), offset - start, start)
         end = 0
         while end + HEADER.size <= len(data):
+            nth += _MESSAGES.unpack_from(data, end + 12)[0]
             end += HEADER.size + _LENGTH.unpack_from(data, end + 4)[0]
-            nth += 1
         if end != len(data):
             raise ValueError(f"position {position} is not at a record boundary")
         return nth
@@ -651,13 +663,14 @@ def _scan(
     data: bytes, start: int, payloads: list[bytes] | None = None
 ) -> tuple[int, int, str | None]:
     """Checks the records in `data` from `start`, collecting payloads if asked: (end of the last
-    good record, how many, None or why the scan stopped early: "torn tail", "checksum mismatch")."""
+    good record, how many messages they hold, None or why the scan stopped early: "torn tail",
+    "checksum mismatch")."""
     view = memoryview(data)
     offset, count, size = start, 0, len(data)
     while offset < size:
         if size - offset < HEADER.size:
             return offset, count, "torn tail"
-        crc, length, _ = HEADER.unpack_from(data, offset)
+        crc, length, _, messages = HEADER.unpack_from(data, offset)
         end = offset + HEADER.size + length
         if end > size:
             return offset, count, "torn tail"
@@ -665,7 +678,7 @@ def _scan(
             return offset, count, "checksum mismatch"
         if payloads is not None:
             payloads.append(data[offset + HEADER.size : end])
-        offset, count = end, count + 1
+        offset, count = end, count + messages
     return offset, count, None
 
 
@@ -749,3 +762,8 @@ def _fsync_directory(directory: Path) -> None:
             os.close(fd)
     except OSError as exc:  # some filesystems refuse it; the data itself is fsynced anyway
         logger.debug("spool %s: cannot fsync the directory (%s)", directory, exc)
+
+
+def _seconds(at: float) -> int:
+    """A record's time, in whole seconds (the header's u32; the age of a backlog is in s)."""
+    return min(max(int(at), 0), MAX_U32)

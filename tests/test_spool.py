@@ -73,9 +73,9 @@ def segment_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.seg"))
 
 
-def record(payload: bytes, at: float = T0) -> bytes:
-    length_at = struct.pack("<Id", len(payload), at)
-    return struct.pack("<I", zlib.crc32(length_at + payload)) + length_at + payload
+def record(payload: bytes, at: float = T0, messages: int = 1) -> bytes:
+    covered = struct.pack("<III", len(payload), int(at), messages)
+    return struct.pack("<I", zlib.crc32(covered + payload)) + covered + payload
 
 
 # -- order and delivery ----------------------------------------------------------------------
@@ -668,3 +668,28 @@ def test_extend_is_append_for_a_batch(tmp_path: Path, max_bytes: int) -> None:
         f.read_bytes() for f in segment_files(tmp_path / "one")
     ]
     assert drain(many)[0] == drain(one)[0]
+
+
+def test_a_record_may_hold_several_messages(tmp_path: Path) -> None:
+    """A forwarder spools a received batch as one record: counts are in messages throughout."""
+    spool = make(tmp_path, segment_bytes=1 << 20, max_bytes=1000)
+    assert spool.append(b"batch-of-3", T0, messages=3)
+    assert spool.append(b"batch-of-5", T0, messages=5)
+    assert spool.pending_records == 8 and spool.appended == 8
+    spool.flush()
+    got, _ = spool.read(100)
+    assert (got, spool.read_messages) == ([b"batch-of-3", b"batch-of-5"], 8)
+    spool.rewind()
+    first, after_first = spool.read(HEADER.size + 10)
+    assert (first, spool.read_messages) == ([b"batch-of-3"], 3)
+    spool.commit(after_first)
+    assert spool.pending_records == 5
+    assert spool.append(b"x" * 1000, T0, messages=2)  # the record that fills it
+    assert not spool.append(b"y", T0, messages=7)  # full: the whole batch is refused
+    assert spool.dropped_newest == 7
+    spool.close()
+    assert inspect(tmp_path).records == 7
+    again = make(tmp_path, segment_bytes=1 << 20)
+    assert again.pending_records == 7  # counted from the records' headers at open
+    assert drain(again)[0] == [b"batch-of-5", b"x" * 1000]
+    again.close()

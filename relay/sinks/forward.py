@@ -197,10 +197,16 @@ class Target:
                     add(render(fmt, message, origin))
         if not payloads:
             return
-        if self.config.protocol == "udp" and max(map(len, payloads)) > MAX_UDP_PAYLOAD:
-            self.too_large += sum(len(p) > MAX_UDP_PAYLOAD for p in payloads)
-            payloads = [p[:MAX_UDP_PAYLOAD] for p in payloads]
-        self.spool.extend(payloads, received_at, force=lossless)  # refusals: spool counts
+        if self.config.protocol != "udp":
+            # the batch, framed as it goes on the wire, is one spool record: one checksum and
+            # one header per batch, and the sender writes the records as they are
+            framed = self._framing(payloads)
+            self.spool.append(framed, received_at, messages=len(payloads), force=lossless)
+        else:  # a datagram per message
+            if max(map(len, payloads)) > MAX_UDP_PAYLOAD:
+                self.too_large += sum(len(p) > MAX_UDP_PAYLOAD for p in payloads)
+                payloads = [p[:MAX_UDP_PAYLOAD] for p in payloads]
+            self.spool.extend(payloads, received_at, force=lossless)  # refusals: spool counts
         self.spool.flush()
 
     # -- sender -------------------------------------------------------------------------------
@@ -301,11 +307,11 @@ class Target:
             if not records:
                 await self._wait(lost, self._ready.wait())
                 continue
-            data = self._framing(records)
+            data = b"".join(records)  # framed when spooled
             transport.write(data)
             self._sent_total += len(data)
             self._inflight.append([self._sent_total, spool, position, 0.0])
-            self.sent += len(records)
+            self.sent += spool.read_messages
             self.sent_bytes += len(data)
             if not upstream.writable.is_set():
                 await self._wait(lost, upstream.writable.wait())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -13,19 +14,22 @@ from click.testing import CliRunner
 
 from relay.cli import main
 from relay.spool import HEADER
-from tests.integration.conftest import ServerProcess, octet, send_tcp
+from tests.integration.conftest import ServerProcess, octet
 
 COUNT = 400
 SEQ = re.compile(rb"seq=(\d{4})")
 
 
-def _records(segment: Path) -> list[tuple[int, int]]:
-    """(offset, seq) of every record of a segment, read with the documented record layout."""
+def _records(segment: Path) -> list[tuple[int, list[int]]]:
+    """(offset, seqs) of every record of a segment (a received batch, framed), read with the
+    documented record layout."""
     data, offset, found = segment.read_bytes(), 0, []
     while offset + HEADER.size <= len(data):
-        _, length, _ = HEADER.unpack_from(data, offset)
+        _, length, _, messages = HEADER.unpack_from(data, offset)
         payload = data[offset + HEADER.size : offset + HEADER.size + length]
-        found.append((offset, int(SEQ.search(payload)[1])))  # type: ignore[index]
+        seqs = [int(n) for n in SEQ.findall(payload)]
+        assert len(seqs) == messages
+        found.append((offset, seqs))
         offset += HEADER.size + length
     return found
 
@@ -52,7 +56,10 @@ def test_torn_and_corrupt_segments_are_set_aside_and_the_rest_delivered(tmp_path
     )
     a = ServerProcess(tmp_path / "a", "--config", str(conf)).start()
     messages = [b"<13>Jan  5 10:11:12 pod app: seq=%04d %s" % (n, b"y" * 80) for n in range(COUNT)]
-    send_tcp(a.port, octet(messages), source="127.0.0.2")
+    with socket.create_connection(("127.0.0.1", a.port), source_address=("127.0.0.2", 0)) as sock:
+        for start in range(0, COUNT, 10):  # small batches: many records, several segments
+            sock.sendall(octet(messages[start : start + 10]))
+            time.sleep(0.01)
     deadline = time.monotonic() + 10
     while (
         a.file("127.0.0.2").read_bytes().count(b"\n") < COUNT
@@ -75,10 +82,11 @@ def test_torn_and_corrupt_segments_are_set_aside_and_the_rest_delivered(tmp_path
     data = bytearray(middle.read_bytes())
     data[bad_offset + HEADER.size + 5] ^= 0xFF
     middle.write_bytes(bytes(data))
-    torn_offset, torn_seq = last_records[-1]
+    torn_offset, torn_seqs = last_records[-1]
     with last.open("r+b") as f:
         f.truncate(torn_offset + HEADER.size + 3)
-    lost = {seq for _, seq in middle_records if seq >= first_lost} | {torn_seq}
+    lost = {seq for _, seqs in middle_records for seq in seqs if seq >= first_lost[0]}
+    lost |= set(torn_seqs)
 
     a.start()
     b.start()
