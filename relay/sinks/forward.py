@@ -2,8 +2,9 @@
 
 What a target takes of each received batch is appended to its disk spool (relay.spool) on the
 receive path, as one record framed as it goes on the wire (over UDP: a record per datagram),
-and written before the next read from any socket: what plura-relay has read survives a SIGKILL. A sender task per target reads the spool in order and writes it upstream; the
-receive path never waits for it (an upstream that is down or slow only makes the spool grow).
+and written before the next read from any socket: what plura-relay has read survives a SIGKILL.
+A sender task per target reads the spool in order and writes it upstream; the receive path
+never waits for it (an upstream that is down or slow only makes the spool grow).
 
 Delivery is at least once. Syslog over TCP has no acknowledgements, so a record counts as
 delivered when the upstream's kernel has acknowledged its bytes (the socket's send queue, via
