@@ -21,7 +21,7 @@ from relay.routes import NO_ROUTE, Router, render_for_route
 from relay.template import LINE_END, LINE_START, CeeTemplate
 
 if TYPE_CHECKING:
-    from relay.sinks.forward import Forwarders
+    from relay.sinks.forwarders import Forwarders
 
 # a message for the forward targets: a fast-path frame as (frame, end of its header, tag,
 # programname, pri), sent from the batch's peer; or a parsed message (from message.peer)

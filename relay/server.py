@@ -31,7 +31,7 @@ from relay.listeners import LISTEN_BACKLOG, BoundSocket, bind_listeners
 from relay.metrics import HealthServer, Readiness, Stats
 from relay.pipeline import Pipeline, SourceObserver, ceelog_name
 from relay.sinks.files import FileSink
-from relay.sinks.forward import Forwarders, open_target
+from relay.sinks.forwarders import Forwarders, open_target
 from relay.tls import server_context
 from relay.transport.tcp import TcpListener
 from relay.transport.udp import UdpListener

@@ -95,7 +95,7 @@ def test_rsyslog_conf_prints_the_pod_snippet() -> None:
 
 
 def test_spool_stats(tmp_path: Path) -> None:
-    from relay.sinks.forward import spool_directory
+    from relay.sinks.forwarders import spool_directory
     from relay.spool import Spool
 
     config = tmp_path / "relay.toml"

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from relay.config import Forward
-from relay.limits import Gate
 from relay.message import SyslogMessage
 from relay.routes import Matcher
 from relay.spool import Position, Spool
@@ -63,10 +62,6 @@ def _stop_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-def spool_directory(state_dir: str, target: str, worker: int) -> Path:
-    return Path(state_dir) / "spool" / target / f"w{worker}"
 
 
 class _Upstream(asyncio.Protocol):
@@ -446,123 +441,3 @@ class Target:
         self.spool.close()
         for spool, _ in self._orphans:
             spool.close()
-
-
-def open_target(config: Forward, state_dir: str, worker: int, workers: int) -> Target:
-    """The target's spool of this worker, plus the spools left by workers beyond `workers`
-    (after `workers` was lowered) that fall to this one."""
-
-    def spool_at(directory: Path) -> Spool:
-        return Spool(
-            directory,
-            max_bytes=config.max_spool_bytes,
-            segment_bytes=config.segment_bytes,
-            on_full=config.on_full,
-            fsync=config.fsync,
-            fsync_interval_s=config.fsync_interval_s,
-        )
-
-    own = spool_at(spool_directory(state_dir, config.name, worker))
-    orphans = []
-    for directory in sorted(spool_directory(state_dir, config.name, 0).parent.glob("w*")):
-        index = directory.name[1:]
-        if index.isdigit() and int(index) >= workers and int(index) % workers == worker:
-            orphans.append((spool_at(directory), directory))
-    return Target(config, own, orphans)
-
-
-class Forwarders:
-    """All targets of one process: what the pipeline offers every message to."""
-
-    def __init__(self, targets: list[Target]) -> None:
-        self.targets = targets
-        self.gate = Gate()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._draining = False
-
-    def take(
-        self,
-        offered: list[Offered],
-        peer: str,
-        received_at: float,
-        lossless: bool,
-        parse: Callable[[bytes, str, float], SyslogMessage],
-    ) -> None:
-        """After every received batch: each target spools (and writes, one write per target)
-        what it wants of it. `lossless`: TCP data, taken even by a full `block` spool (its
-        senders are paused afterwards instead)."""
-        lossless = lossless or self._draining
-        closed = False
-        for target in self.targets:
-            if offered:
-                target.take(offered, peer, received_at, lossless, parse)
-            closed = closed or (target.spool.full and target.config.on_full == "block")
-        if not self._draining:
-            self.gate.set_closed(closed)
-
-    def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        for target in self.targets:
-            self._tasks.append(loop.create_task(target.run()))
-            self._tasks.append(loop.create_task(self._housekeeping(target)))
-
-    async def _housekeeping(self, target: Target) -> None:
-        """fsync on the interval policy, reopen the gate as the spool drains, log counters."""
-        config = target.config
-        tick = min(config.fsync_interval_s, 0.1)
-        last_sync = last_log = time.monotonic()
-        logged: dict[str, float] = {}
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            if config.fsync == "interval" and now - last_sync >= config.fsync_interval_s:
-                last_sync = now
-                target.spool.sync()
-            if self.gate.closed and not self._draining:
-                self.gate.set_closed(
-                    any(t.spool.full and t.config.on_full == "block" for t in self.targets)
-                )
-            interval = config.stats_log_interval_s
-            if interval and now - last_log >= interval:
-                last_log = now
-                logged = self._log_stats(target, logged)
-
-    @staticmethod
-    def _log_stats(target: Target, before: dict[str, float]) -> dict[str, float]:
-        stats = target.stats(time.time())
-        counters = {k: v for k, v in stats.items() if k not in ("spool_oldest_age_s",)}
-        if counters != before:
-            logger.info(
-                "forward %s: sent %d, spooled %d, pending %d (%d bytes, oldest %.0fs), "
-                "dropped %d full / %d oldest, %s",
-                target.config.name, stats["sent"], stats["spooled"], stats["spool_records"],
-                stats["spool_bytes"], stats["spool_oldest_age_s"], stats["dropped_full"],
-                stats["dropped_oldest"], "connected" if target.connected else "not connected",
-            )  # fmt: skip
-        return counters
-
-    def drain(self) -> None:
-        """Shutdown: let paused TCP senders go on, and take all they send (the spool may pass
-        its bound: what was read from a socket is never dropped)."""
-        self._draining = True
-        self.gate.set_closed(False)
-
-    async def stop(self) -> None:
-        await asyncio.gather(
-            *(t.settle(min(t.config.confirm_after_s + 1.0, SETTLE_MAX_S)) for t in self.targets)
-        )
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for target in self.targets:
-            self._log_stats(target, {})
-            target.close()
-
-    def stats(self) -> dict[str, float]:
-        """`forward_<counter>|<target>` for metrics; summed over workers by a supervisor."""
-        now = time.time()
-        stats: dict[str, float] = {}
-        for target in self.targets:
-            for key, value in target.stats(now).items():
-                stats[f"forward_{key}|{target.config.name}"] = value
-        return stats
