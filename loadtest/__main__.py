@@ -125,18 +125,24 @@ def add_plan_options(p: argparse.ArgumentParser, defaults: driver.Plan) -> None:
     p.add_argument("--keep-output", action="store_true", help="keep the servers' ceelog files")
 
 
-def plan_from(args: argparse.Namespace, specs: list[ServerSpec]) -> driver.Plan:
-    pinning = bool(args.gen_cpu) and (os.cpu_count() or 1) >= 2
-    if not pinning:
+def pinning(args: argparse.Namespace) -> bool:
+    """Server and generator on their own CPUs: two or more CPUs, and --gen-cpu not ''."""
+    pinned = bool(args.gen_cpu) and (os.cpu_count() or 1) >= 2
+    if not pinned:
         logging.warning("fewer than 2 CPUs or pinning disabled: server and generator share CPUs")
+    return pinned
+
+
+def plan_from(args: argparse.Namespace, specs: list[ServerSpec]) -> driver.Plan:
+    pinned = pinning(args)
     return driver.Plan(
         servers=tuple(specs), reps=args.reps, sources=args.sources, size=args.size,
         tcp_count=args.tcp_count, tcp_octet_count=args.tcp_octet_count,
         tcp_conns=args.tcp_conns, udp_rates=args.udp_rates, udp_seconds=args.udp_seconds,
         udp5424_rate=args.udp5424_rate, many_sources=args.many_sources,
         many_per_source=args.many_per_source, port=args.port or free_port(),
-        server_cpu=args.server_cpu if pinning else None,
-        gen_cpu=args.gen_cpu if pinning else None, settle_s=args.settle,
+        server_cpu=args.server_cpu if pinned else None,
+        gen_cpu=args.gen_cpu if pinned else None, settle_s=args.settle,
         max_wait_s=args.max_wait, gso=args.gso, out_dir=args.out_dir,
         keep_output=args.keep_output,
     )  # fmt: skip
@@ -168,10 +174,10 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         if "plura-relay" not in names:
             logging.warning("python -m relay serve does not work yet: smoke runs rsyslog only")
     specs = parse_servers(names, args.plura_args)
-    pinning = (os.cpu_count() or 1) >= 2
+    pinned = (os.cpu_count() or 1) >= 2
     plan = driver.Plan(
         servers=tuple(specs), port=args.port or free_port(), out_dir=args.out_dir,
-        server_cpu="0" if pinning else None, gen_cpu="1" if pinning else None,
+        server_cpu="0" if pinned else None, gen_cpu="1" if pinned else None,
         **SMOKE,  # type: ignore[arg-type]
     )  # fmt: skip
     t0 = time.monotonic()
@@ -215,15 +221,13 @@ def smoke_problems(results: driver.Results, specs: list[ServerSpec]) -> list[str
 
 def relay_plan_from(args: argparse.Namespace) -> forwarding.RelayPlan:
     specs = parse_servers(args.servers, args.plura_args)
-    pinning = bool(args.gen_cpu) and (os.cpu_count() or 1) >= 2
-    if not pinning:
-        logging.warning("fewer than 2 CPUs or pinning disabled: server and generator share CPUs")
+    pinned = pinning(args)
     plan = forwarding.RelayPlan(
         servers=tuple(specs), reps=args.reps, count=args.count, conns=args.conns,
         framing=args.framing, port=args.port or free_port(),
-        server_cpu=args.server_cpu if pinning else None,
-        gen_cpu=args.gen_cpu if pinning else None,
-        sink_cpu=(args.sink_cpu or None) if pinning else None, settle_s=args.settle,
+        server_cpu=args.server_cpu if pinned else None,
+        gen_cpu=args.gen_cpu if pinned else None,
+        sink_cpu=(args.sink_cpu or None) if pinned else None, settle_s=args.settle,
         max_wait_s=args.max_wait, keep_output=args.keep_output, baseline=args.baseline,
         out_dir=args.out_dir or driver.OUT_DIR / ("relay-smoke" if args.smoke else "relay"),
     )  # fmt: skip

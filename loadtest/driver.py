@@ -117,7 +117,7 @@ def run_plan(plan: Plan) -> Results:
     if plan.gen_cpu is not None:  # the driver stays off the server's CPU
         os.sched_setaffinity(0, procfs.cpu_list(plan.gen_cpu))
     exe = build_loadgen(plan.out_dir / "bin")
-    results = Results(plan=_plan_dict(plan), machine=procfs.machine())
+    results = Results(plan=plan_dict(plan), machine=procfs.machine())
     sessions = [("throughput", throughput_steps(plan)), ("sources", sources_steps(plan))]
     try:
         for rep in range(1, plan.reps + 1):
@@ -252,7 +252,8 @@ def describe(rec: dict[str, Any]) -> str:
     return text
 
 
-def _plan_dict(plan: Plan) -> dict[str, Any]:
+def plan_dict(plan: Any) -> dict[str, Any]:
+    """A plan (this module's or forwarding's RelayPlan) as JSON-ready data."""
     d = asdict(plan)
     d["servers"] = [asdict(s) for s in plan.servers]
     d["out_dir"] = str(plan.out_dir)

@@ -30,12 +30,12 @@ import os
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loadtest import procfs
-from loadtest.driver import OUT_DIR, POLL_S, WARMUP_S, Results
+from loadtest.driver import OUT_DIR, POLL_S, WARMUP_S, Results, plan_dict
 from loadtest.gen import Load, build_loadgen, run_load, send_probe
 from loadtest.servers import Server, ServerSpec, code_digest
 from loadtest.sink import Sink, build_sink, check_sample
@@ -370,13 +370,6 @@ def describe(rec: dict[str, Any]) -> str:
     if "restart_received" in rec:
         text += f", {rec['restart_received'] - rec['fwd_received']} delivered after a restart"
     return text
-
-
-def plan_dict(plan: RelayPlan) -> dict[str, Any]:
-    d = asdict(plan)
-    d["servers"] = [asdict(s) for s in plan.servers]
-    d["out_dir"] = str(plan.out_dir)
-    return d
 
 
 def smoke_problems(results: Results, names: list[str]) -> list[str]:

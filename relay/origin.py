@@ -53,8 +53,25 @@ def _address(text: bytes) -> str | None:
     return str(address)
 
 
+def origip_stamps(origin: str) -> tuple[bytes, bytes]:
+    """The stamp's two spellings: before a MSG that starts with a space (` [origip=X]`), and
+    right before a MSG that does not (`[origip=X] `)."""
+    return b" [origip=%s]" % origin.encode(), b"[origip=%s] " % origin.encode()
+
+
 def stamp(msg: bytes, origin: str) -> bytes:
     """The relay side: insert the stamp before MSG (keeping MSG's leading space before it)."""
-    if msg.startswith(b" "):
-        return b" [origip=%s]%s" % (origin.encode(), msg)
-    return b"[origip=%s] %s" % (origin.encode(), msg)
+    return stamped(b":", msg, origip_stamps(origin))
+
+
+def stamped(syslogtag: bytes, msg: bytes, stamps: tuple[bytes, bytes]) -> bytes:
+    """MSG with the stamp in front (`stamps`: origip_stamps), so that the collector reads the
+    same TAG and, once the stamp is removed, the same MSG. After a tag that ends in `:` the
+    stamp may touch it; any other tag needs a space after it, or the stamp would be read as
+    part of the tag (then MSG starts with a space, as rsyslog's `sp-if-no-1st-sp` forwarding
+    does)."""
+    if msg[:1] == b" ":
+        return stamps[0] + msg
+    if syslogtag[-1:] == b":":
+        return stamps[1] + msg
+    return stamps[0] + b" " + msg

@@ -5,7 +5,7 @@ Holds no socket and opens no file. `handle` is the per-message hot path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
@@ -105,11 +105,11 @@ class Pipeline:
         them: the sender is paused after this batch instead).
         """
         forward = self._forward
-        offered: list[Offered] = []  # what the forward targets are offered, in order
-        offer = offered.append
+        # what the forward targets are offered, in order (None: no forwarding)
+        offered: list[Offered] | None = [] if forward is not None else None
         if self._relays is not None and self._relayed(peer):
-            self._handle_relayed(frames, peer, received_at, offer)
-            if forward is not None:
+            self._handle_relayed(frames, peer, received_at, offered)
+            if forward is not None and offered:
                 forward.take(offered, peer, received_at, lossless, self._parse)
             return
         template, router = self._template, self._router
@@ -127,8 +127,8 @@ class Pipeline:
             ):
                 pri, _, hostname, tag, program = match.groups()
                 key = (program, hostname, tag, PRI_VALUES[pri])
-                if forward is not None:
-                    offer((frame, match.end(), tag, program, key[3]))
+                if offered is not None:
+                    offered.append((frame, match.end(), tag, program, key[3]))
                 if router is None or router.decide(program, tag, key[3], peer) is NO_ROUTE:
                     msg = frame[match.end() :]
                     header = headers.get(key) or header_for(key)
@@ -143,12 +143,12 @@ class Pipeline:
             self.general += 1
             message = self._parse(frame, peer, received_at)
             hostname = message.hostname
-            if forward is not None:
-                offer(message)
+            if offered is not None:
+                offered.append(message)
             if router is not None and self._route(router, message, peer, timegenerated):
                 continue
             append(template.render_at(message, timegenerated))
-        if forward is not None:
+        if forward is not None and offered:
             forward.take(offered, peer, received_at, lossless, self._parse)
         name = self._names.get(peer) or self._admit(peer, received_at)
         if lines:
@@ -173,7 +173,7 @@ class Pipeline:
         frames: list[bytes],
         relay: str,
         received_at: float,
-        offer: Callable[[Offered], None],
+        offered: list[Offered] | None,
     ) -> None:
         """Messages from a trusted relay: each is filed under its stamped origin address."""
         timegenerated = self._template.timegenerated(received_at)
@@ -188,8 +188,8 @@ class Pipeline:
                 self.origin_stamped += 1
                 source, via = origin, relay
                 message = msgspec.structs.replace(message, msg=msg, peer=origin)
-            if self._forward is not None:  # a relay behind a relay: the origin goes on
-                offer(message)
+            if offered is not None:  # a relay behind a relay: the origin goes on
+                offered.append(message)
             self.received += 1
             name = self._names.get(source) or self._admit(source, received_at)
             if self._router is not None and self._route(

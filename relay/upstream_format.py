@@ -16,7 +16,7 @@ import re
 import time
 
 from relay.message import SyslogMessage
-from relay.origin import stamp
+from relay.origin import origip_stamps, stamped
 from relay.parse.rfc3164 import HOSTNAME_MAX_BYTES
 
 _MONTHS = b"JanFebMarAprMayJunJulAugSepOctNovDec"
@@ -58,13 +58,7 @@ def rfc3164_origip(message: SyslogMessage, origin: str) -> bytes:
     if _HOSTNAME_3164.match(hostname) is None:
         hostname = _hostname_for(origin)
     return b"<%d>%s %s %s%s" % (pri, timestamp, hostname, tag,
-                                stamp_after(tag, message.msg, origin))  # fmt: skip
-
-
-def origip_stamps(origin: str) -> tuple[bytes, bytes]:
-    """The two spellings of the stamp (see `stamp`): before a MSG that starts with a space,
-    and right after a tag's `:`."""
-    return b" [origip=%s]" % origin.encode(), b"[origip=%s] " % origin.encode()
+                                stamped(tag, message.msg, origip_stamps(origin)))  # fmt: skip
 
 
 def _hostname_for(origin: str) -> bytes:
@@ -80,24 +74,9 @@ def stamp_frame(
     frame: bytes, header_end: int, syslogtag: bytes, stamps: tuple[bytes, bytes]
 ) -> bytes:
     """The fast path's `rfc3164-origip`: a frame whose header (up to and including the tag,
-    `frame[:header_end]`) has the plain RFC 3164 shape keeps it as is; equal to
-    `frame[:header_end] + stamp_after(syslogtag, msg, origin)` (`stamps`: origip_stamps)."""
-    msg = frame[header_end:]
-    if msg[:1] == b" ":
-        return b"".join((frame[:header_end], stamps[0], msg))
-    if syslogtag[-1:] == b":":
-        return b"".join((frame[:header_end], stamps[1], msg))
-    return b"".join((frame[:header_end], stamps[0], b" ", msg))
-
-
-def stamp_after(syslogtag: bytes, msg: bytes, origin: str) -> bytes:
-    """MSG with the stamp in front, so that the collector reads the same TAG and, once the
-    stamp is removed, the same MSG. After a tag that ends in `:` the stamp may touch it; any
-    other tag needs a space after it, or the stamp would be read as part of the tag (then MSG
-    starts with a space, as rsyslog's `sp-if-no-1st-sp` forwarding does)."""
-    if syslogtag.endswith(b":") or msg.startswith(b" "):
-        return stamp(msg, origin)
-    return stamp(b" " + msg, origin)
+    `frame[:header_end]`) has the plain RFC 3164 shape keeps it as is; `stamps`: the sender's
+    origip_stamps, made once per batch."""
+    return frame[:header_end] + stamped(syslogtag, frame[header_end:], stamps)
 
 
 def rfc5424(message: SyslogMessage, origin: str) -> bytes:

@@ -33,16 +33,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from relay.config import Forward
 from relay.message import SyslogMessage
-from relay.routes import Matcher
+from relay.origin import origip_stamps
+from relay.routes import Decisions, Matcher
 from relay.spool import Position, Spool
 from relay.tls import client_context, describe
-from relay.upstream_format import (
-    frame_lf,
-    frame_octet_counted,
-    origip_stamps,
-    render,
-    stamp_frame,
-)
+from relay.upstream_format import frame_lf, frame_octet_counted, render, stamp_frame
 
 if TYPE_CHECKING:
     from relay.pipeline import Offered
@@ -52,7 +47,6 @@ logger = logging.getLogger(__name__)
 READ_BYTES = 256 * 1024
 COMMIT_TICK_S = 0.05
 MAX_UDP_PAYLOAD = 65_507
-DECISION_CACHE_ENTRIES = 8192
 _INT = struct.Struct("i")
 SETTLE_MAX_S = 5.0  # at shutdown, the longest wait for the upstream to confirm what was sent
 STEADY_SESSION_S = 5.0  # a connection that lasted this long resets the reconnect backoff
@@ -127,8 +121,9 @@ class Target:
         self.config = config
         self.spool = own
         self._orphans = orphans or []
-        self._matcher = None if Matcher(config.match).everything else Matcher(config.match)
-        self._decisions: dict[tuple[bytes, bytes, int, str], bool] = {}
+        matcher = Matcher(config.match)
+        # None: everything (no lookup per message)
+        self.wants = None if matcher.everything else Decisions(matcher.matches).get
         self._framing = frame_lf if config.framing == "lf" else frame_octet_counted
         self._tls = client_context(config.tls) if config.protocol == "tls" else None
         self._ready = asyncio.Event()
@@ -148,17 +143,6 @@ class Target:
 
     # -- receive side (the hot path) ----------------------------------------------------------
 
-    def wants(self, programname: bytes, syslogtag: bytes, pri: int, peer: str) -> bool:
-        if self._matcher is None:
-            return True
-        key = (programname, syslogtag, pri, peer)
-        decision = self._decisions.get(key)
-        if decision is None:
-            if len(self._decisions) >= DECISION_CACHE_ENTRIES:
-                self._decisions.clear()
-            decision = self._decisions[key] = self._matcher.matches(*key)
-        return decision
-
     def take(
         self,
         offered: list[Offered],
@@ -170,13 +154,13 @@ class Target:
         """Spool what of a received batch this target wants, in its format, in order."""
         payloads: list[bytes] = []
         add = payloads.append
-        fmt, everything = self.config.format, self._matcher is None
+        fmt, wants = self.config.format, self.wants
         fast_stamp = fmt == "rfc3164-origip"
         stamps = origip_stamps(peer) if fast_stamp else (b"", b"")
         for item in offered:
             if type(item) is tuple:
                 frame, end, tag, programname, pri = item
-                if not everything and not self.wants(programname, tag, pri, peer):
+                if wants is not None and not wants(programname, tag, pri, peer):
                     continue
                 if fast_stamp and tag:  # no tag: `-` goes in its place (general path)
                     add(stamp_frame(frame, end, tag, stamps))
@@ -187,7 +171,7 @@ class Target:
             else:
                 message = cast(SyslogMessage, item)
                 origin = message.peer  # the stamped origin, for a message from a relay
-                if everything or self.wants(
+                if wants is None or wants(
                     message.programname, message.syslogtag, message.pri, origin
                 ):
                     add(render(fmt, message, origin))

@@ -74,13 +74,16 @@ class Forwarders:
         what it wants of it. `lossless`: TCP data, taken even by a full `block` spool (its
         senders are paused afterwards instead)."""
         lossless = lossless or self._draining
-        closed = False
         for target in self.targets:
-            if offered:
-                target.take(offered, peer, received_at, lossless, parse)
-            closed = closed or (target.spool.full and target.config.on_full == "block")
+            target.take(offered, peer, received_at, lossless, parse)
+        self._update_gate()
+
+    def _update_gate(self) -> None:
+        """Closed while a `block` spool is full (TCP senders wait), except while draining."""
         if not self._draining:
-            self.gate.set_closed(closed)
+            self.gate.set_closed(
+                any(t.spool.full and t.config.on_full == "block" for t in self.targets)
+            )
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -100,10 +103,8 @@ class Forwarders:
             if config.fsync == "interval" and now - last_sync >= config.fsync_interval_s:
                 last_sync = now
                 target.spool.sync()
-            if self.gate.closed and not self._draining:
-                self.gate.set_closed(
-                    any(t.spool.full and t.config.on_full == "block" for t in self.targets)
-                )
+            if self.gate.closed:
+                self._update_gate()  # reopen as the spool drains
             interval = config.stats_log_interval_s
             if interval and now - last_log >= interval:
                 last_log = now

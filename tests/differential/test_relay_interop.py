@@ -155,7 +155,7 @@ def relayed(
 
 
 def _gains_space_after_plura_relay(record: dict[str, bytes]) -> bool:
-    """plura-relay's `rfc3164-origip` (relay/upstream_format.py stamp_after): after a tag
+    """plura-relay's `rfc3164-origip` (relay/origin.py `stamped`): after a tag
     without `:` the stamp needs a space before it, else it would be read as part of the tag;
     that space is then msg's."""
     return not record["syslogtag"].endswith(b":") and not record["msg"].startswith(b" ")

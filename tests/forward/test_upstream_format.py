@@ -9,14 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.framing import Framer
-from relay.origin import origin_from_sd, split_origin
+from relay.origin import origin_from_sd, origip_stamps, split_origin
 from relay.parse import parse
 from relay.parse.fast import RFC3164_HEADER, has_control
 from relay.parse.rfc3164 import TAG_MAX_BYTES
 from relay.upstream_format import (
     frame_lf,
     frame_octet_counted,
-    origip_stamps,
     render,
     rfc3164_timestamp,
     stamp_frame,
