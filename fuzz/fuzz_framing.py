@@ -8,7 +8,7 @@ Input: 4 parameter bytes (max_msg_bytes, max_frame_bytes, mode, chunking), then 
 feed/close never raise; buffered_bytes <= max_msg_bytes after every feed; frames are non-empty
 and at most max_msg_bytes long (in every mode); the whole stream at once and the chunking give
 the same frames and counters; the frames equal the byte-at-a-time imtcp reference of
-tests/test_framing.py (checked against a real rsyslogd); and when no frame was oversize, they
+tests/ingest/test_framing.py (checked against a real rsyslogd); and when no frame was oversize, they
 equal the reference's frames in the other two modes as well. The one-byte-at-a-time and
 all-modes-at-once variants of these checks run in tests/fuzz (hypothesis): per input they cost
 too much for a fuzzer.
@@ -24,7 +24,7 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 with atheris.instrument_imports(include=["relay"]):
-    import relay.framing  # noqa: F401
+    import relay.ingest.framing  # noqa: F401
 
 from fuzz.invariants import check_framer_mode, chunked
 

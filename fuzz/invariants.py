@@ -13,13 +13,13 @@ import re
 import time
 from collections.abc import Sequence
 
-from relay.framing import OVERSIZE_MODES, Framer
+from relay.ingest.framing import OVERSIZE_MODES, Framer
 from relay.message import FACILITY_NAMES, INVALID_PRI, SEVERITY_NAMES, SyslogMessage
+from relay.output.template import CeeTemplate
 from relay.parse import MAX_MESSAGE_BYTES, _parse_general, parse, programname, rfc3164, sanitize
 from relay.parse.rfc3164 import parse_rfc3164
 from relay.pipeline import Pipeline, ceelog_name
-from relay.template import CeeTemplate
-from tests.test_framing import reference as imtcp_reference
+from tests.ingest.test_framing import reference as imtcp_reference
 
 PEER = "192.0.2.7"
 RECEIVED_AT = 1_700_000_000.123456
@@ -307,7 +307,7 @@ def check_framer(
 def check_framer_reference(
     stream: bytes, frames: dict[str, list[bytes]], *, max_msg_bytes: int, max_frame_bytes: int
 ) -> None:
-    """The frames equal the byte-at-a-time port of imtcp in tests/test_framing.py, which was
+    """The frames equal the byte-at-a-time port of imtcp in tests/ingest/test_framing.py, which was
     checked against a real rsyslogd."""
     for mode, got in frames.items():
         want = imtcp_reference(

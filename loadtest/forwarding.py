@@ -4,7 +4,7 @@ Per repetition, server and mode (the order reverses every other repetition, as i
 session on a freshly started server and a freshly started sink (sink.c, the upstream):
 
   rsyslog      PLURA's collector config (the ceelog files, as `run` measures them) plus PLURA's
-               rsyslog relay action, `relay.rsyslog_conf.origip_relay_conf`: omfwd over TCP,
+               rsyslog relay action, `relay.node.rsyslog_conf.origip_relay_conf`: omfwd over TCP,
                octet-counted, the `[origip=%fromhost-ip%]` template, a disk-assisted LinkedList
                action queue (queue.filename "fwd" in its work dir, saveOnShutdown,
                resumeRetryCount -1): the closest rsyslog has to plura-relay's spool;
@@ -40,7 +40,7 @@ from loadtest.gen import Load, build_loadgen, run_load, send_probe
 from loadtest.servers import Server, ServerSpec, code_digest
 from loadtest.sink import Sink, build_sink, check_sample
 from loadtest.verify import LineCounter, Verifier
-from relay.rsyslog_conf import origip_relay_conf
+from relay.node.rsyslog_conf import origip_relay_conf
 
 logger = logging.getLogger(__name__)
 

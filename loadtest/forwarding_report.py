@@ -80,8 +80,9 @@ def header(results: Results) -> list[str]:
         f"- Load: {plan['count']:,} RFC 3164 messages of {plan['size']} bytes over "
         f"{plan['conns']} TCP connections ({framing}), as fast as possible",
         "- Servers: " + "; ".join(f"`{s['name']}`" for s in plan["servers"]),
-        "- rsyslog: PLURA's collector config (`relay.rsyslog_conf.collector_conf`) plus PLURA's "
-        'relay action (`relay.rsyslog_conf.origip_relay_conf("127.0.0.1", SINK, queue="fwd")`): '
+        "- rsyslog: PLURA's collector config (`relay.node.rsyslog_conf.collector_conf`) "
+        "plus PLURA's relay action "
+        '(`relay.node.rsyslog_conf.origip_relay_conf("127.0.0.1", SINK, queue="fwd")`): '
         "omfwd over TCP, octet-counted, the `[origip=%fromhost-ip%]` template, a disk-assisted "
         'LinkedList action queue (`queue.filename="fwd" queue.saveOnShutdown="on" '
         'queue.maxDiskSpace="1g" action.resumeRetryCount="-1"`, its files in rsyslog\'s '

@@ -145,7 +145,7 @@ def machine_lines(results: Results) -> list[str]:
         f"{plan['udp_seconds']:g} s per offered rate via {generator}; "
         f"{plan['many_sources']:,} sources x {plan['many_per_source']} msgs for memory",
         "- Servers: " + "; ".join(f"`{s['name']}`" for s in plan["servers"]),
-        "- rsyslog runs PLURA's collector config (`relay.rsyslog_conf.collector_conf`: imudp +"
+        "- rsyslog runs PLURA's collector config (`relay.node.rsyslog_conf.collector_conf`: imudp +"
         " imtcp, CEETemplate, dynaFile ceelog-%FROMHOST-IP%.log), defaults otherwise",
     ]
 

@@ -117,7 +117,7 @@ class Server:
 
     def command(self) -> list[str]:
         if self.spec.kind == "rsyslog":
-            from relay.rsyslog_conf import collector_conf
+            from relay.node.rsyslog_conf import collector_conf
 
             conf = self.work_dir / "rsyslog.conf"
             conf.write_text(

@@ -16,10 +16,10 @@ import click
 import msgspec
 
 from relay import __version__
-from relay.children import format_table as format_children
-from relay.children import is_active, load_children
+from relay.children.registry import format_table as format_children
+from relay.children.registry import is_active, load_children
 from relay.config import ConfigError, load_config, parse_address
-from relay.logs import setup_logging
+from relay.ops.logs import setup_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,7 +80,7 @@ def serve(
     }
     cfg = _load(config, {k: v for k, v in given.items() if v is not None})
     setup_logging(cfg.log.level, cfg.log.format)
-    from relay.server import run  # uvloop is only needed by the server
+    from relay.runtime.start import run  # uvloop is only needed by the server
 
     try:
         run(cfg)
@@ -96,7 +96,7 @@ def worker(index: int, report_fd: int, sockets: tuple[str, ...]) -> None:
     """Internal: one worker process of `serve --workers N` (started by the supervisor)."""
     import uvloop
 
-    from relay.workers import run_worker, worker_config, worker_sockets
+    from relay.runtime.workers import run_worker, worker_config, worker_sockets
 
     cfg = worker_config()
     setup_logging(cfg.log.level, cfg.log.format, tag=f"worker {index}")
@@ -139,7 +139,7 @@ def children(config: str | None, state_dir: str | None, as_json: bool) -> None:
 @click.option("--url", help="Base URL of the metrics endpoint (default: from the config).")
 def status(config: str | None, url: str | None) -> None:
     """One-screen summary of a running server, read from its /metrics endpoint."""
-    from relay.status import fetch_status, format_status
+    from relay.ops.status import fetch_status, format_status
 
     if url is None:
         cfg = _load(config, {})
@@ -165,7 +165,7 @@ def spool() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def spool_stats(config: str | None, state_dir: str | None, as_json: bool) -> None:
     """Per target: messages spooled and not yet confirmed delivered, bytes, oldest age."""
-    from relay.spool_report import format_report, spool_report
+    from relay.forward.spool_report import format_report, spool_report
 
     cfg = _load(config, {"state_dir": state_dir} if state_dir else {})
     report = spool_report(cfg.state_dir, [f.name for f in cfg.forward])
@@ -182,7 +182,7 @@ def spool_stats(config: str | None, state_dir: str | None, as_json: bool) -> Non
 @click.option("--tcp", is_flag=True, help="TCP with octet counting and a disk queue (default UDP).")
 def rsyslog_conf(node_ip: str, port: int, tcp: bool) -> None:
     """Print the rsyslog.d snippet a pod needs to send its syslog to this node."""
-    from relay.podconf import pod_snippet
+    from relay.node.podconf import pod_snippet
 
     try:
         click.echo(pod_snippet(node_ip, tcp=tcp, port=port), nl=False)

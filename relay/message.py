@@ -51,3 +51,8 @@ class SyslogMessage(msgspec.Struct, gc=False):
     @property
     def severity(self) -> int:
         return self.pri & 7 if self.pri >= 0 else 7
+
+
+Offered = tuple[bytes, int, bytes, bytes, int] | SyslogMessage
+"""What a forward target is offered: a fast-path frame as (frame, end of its header, tag,
+programname, pri), sent from the batch's peer; or a parsed message (its sender in `peer`)."""

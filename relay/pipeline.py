@@ -11,21 +11,17 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 
 from relay.config import Route
-from relay.limits import Admission, SourceFilter
-from relay.message import SyslogMessage
-from relay.origin import origin_from_sd, split_origin
+from relay.forward.origin import origin_from_sd, split_origin
+from relay.ingest.limits import Admission, SourceFilter
+from relay.message import Offered, SyslogMessage
+from relay.output.routes import NO_ROUTE, Router, render_for_route
+from relay.output.template import LINE_END, LINE_START, CeeTemplate
 from relay.parse import MAX_MESSAGE_BYTES, parse
 from relay.parse.fast import CONTROL_BYTES, PRI_VALUES, RFC3164_HEADER
 from relay.parse.rfc3164 import TAG_MAX_BYTES
-from relay.routes import NO_ROUTE, Router, render_for_route
-from relay.template import LINE_END, LINE_START, CeeTemplate
 
 if TYPE_CHECKING:
-    from relay.sinks.forwarders import Forwarders
-
-# a message for the forward targets: a fast-path frame as (frame, end of its header, tag,
-# programname, pri), sent from the batch's peer; or a parsed message (from message.peer)
-Offered = tuple[bytes, int, bytes, bytes, int] | SyslogMessage
+    from relay.forward.targets import Forwarders
 
 _match_3164 = RFC3164_HEADER.match
 
@@ -70,7 +66,7 @@ class Pipeline:
         trusted_relays: SourceFilter | None = None,
         forward: Forwarders | None = None,
     ) -> None:
-        """`trusted_relays`: senders whose `[origip=...]` stamps are honoured (relay.origin);
+        """`trusted_relays`: senders whose `[origip=...]` stamps are honoured (forward.origin);
         `forward`: upstream targets every message is also offered to."""
         self._sink = sink
         self._forward = forward

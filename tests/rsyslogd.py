@@ -2,7 +2,7 @@
 
 - `load_corpus()` reads `tests/corpus/*.jsonl` (see `tests/corpus/README.md`).
 - `RsyslogdProcess(log_dir, port)` runs rsyslogd with PLURA's collector config
-  (`relay.rsyslog_conf.collector_conf`) for the duration of a `with` block.
+  (`relay.node.rsyslog_conf.collector_conf`) for the duration of a `with` block.
 - `send(transport, port, src_ip, payloads)` sends from a chosen loopback address, so each
   origin lands in its own `ceelog-<ip>.log`.
 - `read_ceelog(path)` splits ceelog lines into their eleven fields as bytes, without going
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from relay.rsyslog_conf import CEE_PROPERTIES, collector_conf
+from relay.node.rsyslog_conf import CEE_PROPERTIES, collector_conf
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
 TRANSPORTS: tuple[str, ...] = ("udp", "tcp-lf", "tcp-octet")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from relay.children import Registry
+from relay.children.registry import Registry
 from relay.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,8 +95,8 @@ def test_rsyslog_conf_prints_the_pod_snippet() -> None:
 
 
 def test_spool_stats(tmp_path: Path) -> None:
-    from relay.sinks.forwarders import spool_directory
-    from relay.spool import Spool
+    from relay.forward.spool import Spool
+    from relay.forward.targets import spool_directory
 
     config = tmp_path / "relay.toml"
     config.write_text(

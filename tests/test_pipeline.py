@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relay.output.template import CeeTemplate
 from relay.parse import parse
 from relay.pipeline import Pipeline, ceelog_name
-from relay.template import CeeTemplate
 from tests.memory_sink import Lines
 
 

@@ -1,12 +1,12 @@
 """rsyslog.d/: the pods' forwarding snippets and PLURA's collector config, run by a real rsyslogd.
 
-- the pod files are exactly what `relay.podconf.pod_snippet` renders with the placeholder;
+- the pod files are exactly what `relay.node.podconf.pod_snippet` renders with the placeholder;
 - every file passes `rsyslogd -N1` (and a typo does not, so the check has teeth);
 - a pod file dropped into a stock Debian/Ubuntu rsyslog.conf works after the sed its header
   documents (and fails without it: rsyslog refuses imuxsock loaded twice);
 - a real rsyslogd with a pod file forwards info (not debug) over UDP, and octet-counted TCP;
   over TCP, messages sent while nothing listens are kept on disk through a restart;
-- the collector's CEETemplate is relay.rsyslog_conf's, and a real rsyslogd with it files nginx
+- the collector's CEETemplate is relay.node.rsyslog_conf's, and a real rsyslogd with it files nginx
   messages as bare JSON in weblog.log and everything else in ceelog-<ip>.log.
 """
 
@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from relay.podconf import NODE_IP_PLACEHOLDER, pod_snippet
-from relay.rsyslog_conf import (
+from relay.node.podconf import NODE_IP_PLACEHOLDER, pod_snippet
+from relay.node.rsyslog_conf import (
     CEE_TEMPLATE,
     collector_conf,
     origip_collector_rules,
@@ -72,7 +72,7 @@ def validate(rsyslogd: str, text: str, tmp_path: Path) -> subprocess.CompletedPr
 @pytest.mark.parametrize("name, tcp", POD_FILES)
 def test_pod_files_are_what_pod_snippet_renders(name: str, tcp: bool) -> None:
     assert pod_file(name) == pod_snippet(NODE_IP_PLACEHOLDER, tcp=tcp), (
-        f"rsyslog.d/{name} differs from relay.podconf: regenerate it with pod_snippet"
+        f"rsyslog.d/{name} differs from relay.node.podconf: regenerate it with pod_snippet"
     )
 
 

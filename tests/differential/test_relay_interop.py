@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.rsyslog_conf import origip_collector_rules, origip_relay_conf
+from relay.node.rsyslog_conf import origip_collector_rules, origip_relay_conf
 from tests.integration.conftest import ServerProcess
 from tests.rsyslogd import (
     LISTEN_HOST,
@@ -155,14 +155,14 @@ def relayed(
 
 
 def _gains_space_after_plura_relay(record: dict[str, bytes]) -> bool:
-    """plura-relay's `rfc3164-origip` (relay/origin.py `stamped`): after a tag
+    """plura-relay's `rfc3164-origip` (relay/forward/origin.py `stamped`): after a tag
     without `:` the stamp needs a space before it, else it would be read as part of the tag;
     that space is then msg's."""
     return not record["syslogtag"].endswith(b":") and not record["msg"].startswith(b" ")
 
 
 def _gains_space_after_rsyslog(record: dict[str, bytes]) -> bool:
-    """rsyslog with PLURA's template puts a space after every tag (relay.rsyslog_conf.ORIGIP_RELAY_TEMPLATE)."""
+    """rsyslog with PLURA's template puts a space after every tag (relay.node.rsyslog_conf.ORIGIP_RELAY_TEMPLATE)."""
     return not record["msg"].startswith(b" ")
 
 
@@ -178,7 +178,7 @@ def send_all(port: int, src_ip: str) -> None:
 
 def origip_collector_conf(log_dir: Path, port: int, work_dir: Path) -> str:
     """imtcp only (the relay forwards over TCP) and the shipped collector rules
-    (rsyslog.d/collector-origip.conf, relay.rsyslog_conf.origip_collector_rules)."""
+    (rsyslog.d/collector-origip.conf, relay.node.rsyslog_conf.origip_collector_rules)."""
     return (
         f'global(net.enableDNS="off" workDirectory="{work_dir}")\n'
         'module(load="imtcp")\n'
@@ -235,7 +235,7 @@ def test_rsyslogd_collector_files_plura_relays_messages_under_the_senders(
 
 def rsyslog_relay_conf(log_dir: Path, port: int, work_dir: Path, upstream_port: int) -> str:
     """PLURA's collector config (its ceelog is the reference) plus the shipped relay action
-    (rsyslog.d/relay-origip.conf, relay.rsyslog_conf.origip_relay_conf). About its template:
+    (rsyslog.d/relay-origip.conf, relay.node.rsyslog_conf.origip_relay_conf). About its template:
     the collector reads ` [origip=X]<msg>` as msg (the space after the tag is msg's), and
     split_origin keeps that space and drops one space after the stamp, the one
     `sp-if-no-1st-sp` adds or msg's own: a msg with a leading space comes out unchanged, any

@@ -8,18 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.framing import Framer
-from relay.origin import origin_from_sd, origip_stamps, split_origin
-from relay.parse import parse
-from relay.parse.fast import RFC3164_HEADER, has_control
-from relay.parse.rfc3164 import TAG_MAX_BYTES
-from relay.upstream_format import (
+from relay.forward.origin import origin_from_sd, origip_stamps, split_origin
+from relay.forward.upstream_format import (
     frame_lf,
     frame_octet_counted,
     render,
     rfc3164_timestamp,
     stamp_frame,
 )
+from relay.ingest.framing import Framer
+from relay.parse import parse
+from relay.parse.fast import RFC3164_HEADER, has_control
+from relay.parse.rfc3164 import TAG_MAX_BYTES
 from tests.rsyslogd import load_corpus
 
 AT = 1_700_000_000.25  # 2023-11-14 22:13:20 UTC

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from relay.config import Config, load_config
-from relay.server import serve
+from relay.runtime.start import serve
 
 WORKERS = [1]  # set per test by the `workers` fixture
 

@@ -213,8 +213,8 @@ async def test_spool_of_a_worker_that_no_longer_exists_is_sent_and_removed(
     tmp_path: Path, workers: int
 ) -> None:
     """`workers` lowered from N+1 to N: worker N's spool is adopted, sent first, removed."""
-    from relay.sinks.forwarders import spool_directory
-    from relay.spool import Spool
+    from relay.forward.spool import Spool
+    from relay.forward.targets import spool_directory
 
     orphan = spool_directory(str(tmp_path / "a" / "state"), "upstream", workers)
     spool = Spool(orphan, max_bytes=1 << 20)

@@ -13,7 +13,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from relay.cli import main
-from relay.spool import HEADER
+from relay.forward.spool_disk import HEADER
 from tests.integration.conftest import ServerProcess, octet
 
 COUNT = 400

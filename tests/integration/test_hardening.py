@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from relay.children import load_children
+from relay.children.registry import load_children
 from tests.integration.conftest import (
     lf,
     read_lines,

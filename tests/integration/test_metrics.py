@@ -115,7 +115,7 @@ def test_status_command_prints_a_summary(tmp_path: Path) -> None:
 
 
 async def test_forward_metrics_and_status(tmp_path: Path) -> None:
-    from relay.status import Status, format_status
+    from relay.ops.status import Status, format_status
 
     async with (
         running_server(tmp_path / "b") as b,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.children import load_children
+from relay.children.registry import load_children
 from tests.integration.conftest import (
     ServerProcess,
     free_port,

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.framing import MAX_MSG_BYTES, Framer, truncate_datagram
+from relay.ingest.framing import MAX_MSG_BYTES, Framer, truncate_datagram
 
 M = MAX_MSG_BYTES
 MODES = ("truncate", "split", "rsyslog")

@@ -11,8 +11,8 @@ import socket
 from typing import NamedTuple
 
 from relay.config import ListenConfig, parse_address
-from relay.transport.addresses import bind_socket
-from relay.transport.steering import steer_by_source_ip
+from relay.ingest.addresses import bind_socket
+from relay.ingest.steering import steer_by_source_ip
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def bind_listeners(listen: ListenConfig, *, copies: int = 1) -> list[list[BoundS
     """`copies` sets of sockets on the configured addresses, one set per worker process.
 
     With several copies every socket has SO_REUSEPORT and a BPF program picks the socket by the
-    sender's IP (relay.transport.steering): all of a sender's datagrams and connections reach
+    sender's IP (relay.ingest.steering): all of a sender's datagrams and connections reach
     the same worker, so its lines keep their order. Port 0 is resolved once, by the first TCP
     socket.
     """

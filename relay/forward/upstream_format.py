@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 import time
 
+from relay.forward.origin import origip_stamps, stamped
 from relay.message import SyslogMessage
-from relay.origin import origip_stamps, stamped
 from relay.parse.rfc3164 import HOSTNAME_MAX_BYTES
 
 _MONTHS = b"JanFebMarAprMayJunJulAugSepOctNovDec"

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from relay.spool import inspect
+from relay.forward.spool_disk import inspect
 
 
 class TargetSpool(NamedTuple):

@@ -29,7 +29,7 @@ def split_origin(msg: bytes) -> tuple[str | None, bytes, bool]:
     return address, match[1] + msg[match.end() :], False
 
 
-# RFC 5424's own `origin` structured-data element, as relay.upstream_format's `rfc5424` puts it
+# RFC 5424's own `origin` structured-data element, as upstream_format's `rfc5424` puts it
 # first: `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [origin ip="<ip>"]...`
 _SD_ORIGIN = re.compile(rb'<[0-9]{1,3}>1 (?:[^ ]+ ){5}\[origin ip="([^"\s]{1,64})"')
 

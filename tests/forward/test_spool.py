@@ -1,4 +1,4 @@
-"""relay.spool: order, at-least-once replay, crash recovery, corruption handling, full policies."""
+"""relay.forward.spool: order, at-least-once replay, crash recovery, corruption handling, full policies."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.spool import HEADER, Position, Spool, SpoolStats, inspect
+from relay.forward.spool import Spool
+from relay.forward.spool_disk import HEADER, Position, SpoolStats, inspect
 
 T0 = 1_700_000_000.0
 
@@ -269,7 +270,7 @@ def test_bad_cursor_starts_from_the_beginning(
     fill(spool, items)
     spool.close()
     (tmp_path / "cursor").write_bytes(content)
-    with caplog.at_level(logging.WARNING, logger="relay.spool"):
+    with caplog.at_level(logging.WARNING, logger="relay.forward.spool"):
         again = make(tmp_path)
     assert "cursor" in caplog.text
     assert drain(again)[0] == items
@@ -305,7 +306,7 @@ def test_torn_tail_is_set_aside(
     cut = 9 * 56 + 30  # the last record torn after 30 bytes
     segment.write_bytes(data[:cut])
 
-    with caplog.at_level(logging.WARNING, logger="relay.spool"):
+    with caplog.at_level(logging.WARNING, logger="relay.forward.spool"):
         again = make(tmp_path, clock, segment_bytes=1 << 20)
     aside = tmp_path / f"{segment.name}.corrupt-{int(T0)}"
     assert aside.read_bytes() == data[9 * 56 : cut]
@@ -331,7 +332,7 @@ def test_rotten_byte_in_a_middle_segment(tmp_path: Path, caplog: pytest.LogCaptu
     data[56 + 30] ^= 0xFF  # the payload of the middle segment's second record
     middle.write_bytes(bytes(data))
 
-    with caplog.at_level(logging.WARNING, logger="relay.spool"):
+    with caplog.at_level(logging.WARNING, logger="relay.forward.spool"):
         again = make(tmp_path)
     assert "checksum mismatch" in caplog.text
     assert (again.corrupt_events, again.corrupt_bytes) == (1, 3 * 56)
@@ -349,7 +350,7 @@ def test_rot_found_while_reading(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     with middle.open("r+b") as file:  # the disk rots after the start
         file.seek(2 * 56 + 20)
         file.write(b"\x00\x01")
-    with caplog.at_level(logging.WARNING, logger="relay.spool"):
+    with caplog.at_level(logging.WARNING, logger="relay.forward.spool"):
         got, _ = drain(spool, 100)
     assert got == items[:6] + items[8:]
     assert (spool.corrupt_events, spool.corrupt_bytes) == (1, 2 * 56)
@@ -432,7 +433,7 @@ def test_block_refuses_unforced_and_accepts_forced(
 def test_drop_oldest(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     spool = make(tmp_path, max_bytes=600, on_full="drop_oldest")
     items = payloads(30)  # 56-byte records, 4 per segment
-    with caplog.at_level(logging.WARNING, logger="relay.spool"):
+    with caplog.at_level(logging.WARNING, logger="relay.forward.spool"):
         for item in items:
             assert spool.append(item, T0)
             spool.flush()
@@ -568,7 +569,7 @@ def test_write_error_keeps_the_buffer(tmp_path: Path, caplog: pytest.LogCaptureF
     hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
     fill(spool, items[:10])
     resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))  # the "disk" fills at 1000 bytes
-    with caplog.at_level(logging.WARNING, logger="relay.spool"):
+    with caplog.at_level(logging.WARNING, logger="relay.forward.spool"):
         fill(spool, items[10:])
     assert "cannot write" in caplog.text
     assert segment_files(tmp_path)[0].stat().st_size == 560  # the short write was cut off

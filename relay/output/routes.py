@@ -14,8 +14,8 @@ from typing import Generic, NamedTuple, TypeVar
 
 from relay.config import Route, RouteMatch
 from relay.message import SyslogMessage
+from relay.output.template import CeeTemplate
 from relay.parse import sanitize
-from relay.template import CeeTemplate
 
 DECISION_CACHE_ENTRIES = 8192
 T = TypeVar("T")

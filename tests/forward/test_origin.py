@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from relay.limits import SourceFilter
-from relay.origin import origin_from_sd, split_origin, stamp
+from relay.forward.origin import origin_from_sd, split_origin, stamp
+from relay.ingest.limits import SourceFilter
 from relay.pipeline import Pipeline
 from tests.memory_sink import Lines
 

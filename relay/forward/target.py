@@ -1,6 +1,6 @@
 """Forwarding to upstream collectors: per `[[forward]]` target a spool and a sender.
 
-What a target takes of each received batch is appended to its disk spool (relay.spool) on the
+What a target takes of each received batch is appended to its disk spool (forward.spool) on the
 receive path, as one record framed as it goes on the wire (over UDP: a record per datagram),
 and written before the next read from any socket: what plura-relay has read survives a SIGKILL.
 A sender task per target reads the spool in order and writes it upstream; the receive path
@@ -29,18 +29,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from relay.config import Forward
-from relay.message import SyslogMessage
-from relay.origin import origip_stamps
-from relay.routes import Decisions, Matcher
-from relay.spool import Position, Spool
+from relay.forward.origin import origip_stamps
+from relay.forward.spool import Spool
+from relay.forward.spool_disk import Position
+from relay.forward.upstream_format import frame_lf, frame_octet_counted, render, stamp_frame
+from relay.message import Offered, SyslogMessage
+from relay.output.routes import Decisions, Matcher
 from relay.tls import client_context, describe
-from relay.upstream_format import frame_lf, frame_octet_counted, render, stamp_frame
-
-if TYPE_CHECKING:
-    from relay.pipeline import Offered
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""TCP and TLS listeners: RFC 6587 framing per connection (relay.framing), frames to `on_frame`."""
+"""TCP and TLS listeners: RFC 6587 framing per connection (ingest.framing), frames to `on_frame`."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable
 from typing import cast
 
-from relay.framing import Framer
-from relay.limits import Gate, SourceFilter, TokenBuckets
+from relay.ingest.addresses import peer_ip
+from relay.ingest.framing import Framer
+from relay.ingest.limits import Gate, SourceFilter, TokenBuckets
 from relay.tls import describe
-from relay.transport.addresses import peer_ip
 
 logger = logging.getLogger(__name__)
 

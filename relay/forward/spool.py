@@ -26,47 +26,41 @@ import errno
 import logging
 import math
 import os
-import re
-import struct
 import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
+
+from relay.forward.spool_disk import (
+    CORRUPT_MARK,
+    COVERED,
+    CRC,
+    CURSOR_NAME,
+    DIR_MODE,
+    FILE_MODE,
+    HEADER,
+    LENGTH,
+    MESSAGES,
+    OPEN_FLAGS,
+    Position,
+    fsync_directory,
+    read_cursor,
+    resolve_start,
+    scan,
+    seconds,
+    segment_ids,
+    write_cursor,
+    write_new,
+)
 
 logger = logging.getLogger(__name__)
 
-HEADER = struct.Struct("<IIII")  # crc32, payload length, enqueued_at (s), messages in it
-_CRC = struct.Struct("<I")
-_LENGTH = struct.Struct("<I")
-_MESSAGES = struct.Struct("<I")  # at offset 12
-_COVERED = struct.Struct("<III")  # what the CRC covers, ahead of the payload
-MAX_U32 = 0xFFFFFFFF
-SEGMENT_NAME = re.compile(r"(\d{16})\.seg")
-CURSOR_NAME = "cursor"
-CORRUPT_MARK = ".corrupt-"
-DIR_MODE = 0o750
-FILE_MODE = 0o640
-MAX_SEGMENT_ID = 10**16 - 1  # what fits in the 16-digit name
 WARNING_INTERVAL_S = 10.0
 NTH_CACHE_ENTRIES = 4096
-_OPEN_FLAGS = os.O_CLOEXEC
 
 OnFull = Literal["block", "drop_oldest", "drop_newest"]
 FsyncPolicy = Literal["never", "interval", "always"]
-
-
-class Position(NamedTuple):
-    segment: int
-    offset: int
-
-
-class SpoolStats(NamedTuple):
-    records: int
-    bytes: int  # record bytes, headers included
-    oldest_at: float | None
-    segments: int
-    corrupt_files: int
 
 
 class _Segment:
@@ -174,9 +168,9 @@ class Spool:
             size, force, messages
         ):
             return False
-        covered = _COVERED.pack(len(payload), _seconds(at), messages)
+        covered = COVERED.pack(len(payload), seconds(at), messages)
         buffer = self._buffer
-        buffer += _CRC.pack(zlib.crc32(payload, zlib.crc32(covered)))
+        buffer += CRC.pack(zlib.crc32(payload, zlib.crc32(covered)))
         buffer += covered
         buffer += payload
         self._buffer_records += messages
@@ -191,8 +185,8 @@ class Spool:
         if self._pending_bytes + size > self.max_bytes:  # the slow path decides per record
             return sum(not self.append(payload, at, force=force) for payload in payloads)
         # one message per record
-        at_one = _COVERED.pack(0, _seconds(at), 1)[4:]
-        buffer, crc32, pack_length, pack_crc = self._buffer, zlib.crc32, _LENGTH.pack, _CRC.pack
+        at_one = COVERED.pack(0, seconds(at), 1)[4:]
+        buffer, crc32, pack_length, pack_crc = self._buffer, zlib.crc32, LENGTH.pack, CRC.pack
         for payload in payloads:
             covered = pack_length(len(payload)) + at_one
             buffer += pack_crc(crc32(payload, crc32(covered)))
@@ -252,7 +246,7 @@ class Spool:
         """enqueued_at of the record at the committed position (None when nothing is pending)."""
         segment_id, offset = self._normalized(self._committed)
         if offset < self._segments[segment_id].size:
-            fd = os.open(self._path(segment_id), os.O_RDONLY | _OPEN_FLAGS)
+            fd = os.open(self._path(segment_id), os.O_RDONLY | OPEN_FLAGS)
             try:
                 header = os.pread(fd, HEADER.size, offset)
             finally:
@@ -319,9 +313,9 @@ class Spool:
     # -- recovery ---------------------------------------------------------------------------
     def _recover(self) -> Position:
         """Checks the segments from the cursor on; returns where the committed position is."""
-        ids = _segment_ids(self.directory)
-        cursor, problem = _read_cursor(self.directory / CURSOR_NAME)
-        start, anomaly = _resolve_start(ids, cursor)
+        ids = segment_ids(self.directory)
+        cursor, problem = read_cursor(self.directory / CURSOR_NAME)
+        start, anomaly = resolve_start(ids, cursor)
         for message in (problem, anomaly):
             if message is not None:
                 logger.warning(
@@ -343,7 +337,7 @@ class Spool:
         """Checks one segment from `offset` and cuts off what is bad; returns the offset used."""
         data = self._path(segment_id).read_bytes()
         offset = min(offset, len(data))
-        end, count, reason = _scan(data, offset)
+        end, count, reason = scan(data, offset)
         if reason is not None:
             self._set_aside(segment_id, end, reason)
         if end == 0:
@@ -362,7 +356,7 @@ class Spool:
         target = "nothing left to keep"
         if tail:
             aside = path.with_name(f"{path.name}{CORRUPT_MARK}{int(self._clock())}")
-            target = _write_new(aside, tail).name
+            target = write_new(aside, tail).name
         os.truncate(path, offset)
         self.corrupt_events += 1
         self.corrupt_bytes += len(tail)
@@ -415,7 +409,7 @@ class Spool:
     def _write_some(self) -> bool:
         """Writes what of the buffer fits in the current segment (or rolls: False)."""
         segment = self._segments[self._write_id]
-        first = HEADER.size + _LENGTH.unpack_from(self._buffer, 4)[0]
+        first = HEADER.size + LENGTH.unpack_from(self._buffer, 4)[0]
         if self._roll_needed or (segment.size and segment.size + first > self.segment_bytes):
             self._roll()
             return False
@@ -441,10 +435,10 @@ class Spool:
             return len(buffer), self._buffer_records
         offset = count = 0
         while offset < len(buffer):
-            end = offset + HEADER.size + _LENGTH.unpack_from(buffer, offset + 4)[0]
+            end = offset + HEADER.size + LENGTH.unpack_from(buffer, offset + 4)[0]
             if end > room and offset:
                 break
-            offset, count = end, count + _MESSAGES.unpack_from(buffer, offset + 12)[0]
+            offset, count = end, count + MESSAGES.unpack_from(buffer, offset + 12)[0]
         return offset, count
 
     def _cut_back(self, fd: int, size: int) -> None:
@@ -464,10 +458,10 @@ class Spool:
 
     def _writer(self) -> int:
         if self._write_fd is None:
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _OPEN_FLAGS
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | OPEN_FLAGS
             self._write_fd = os.open(self._path(self._write_id), flags, FILE_MODE)
             if self.fsync_policy != "never":
-                _fsync_directory(self.directory)  # the new name must survive a power cut too
+                fsync_directory(self.directory)  # the new name must survive a power cut too
         return self._write_fd
 
     def _fsync_writer(self) -> None:
@@ -501,13 +495,13 @@ class Spool:
         fd = self._reader(segment_id)
         available = segment.size - offset
         block = os.pread(fd, min(available, max(budget, HEADER.size)), offset)
-        first = HEADER.size + _LENGTH.unpack_from(block, 4)[0] if len(block) >= HEADER.size else 0
+        first = HEADER.size + LENGTH.unpack_from(block, 4)[0] if len(block) >= HEADER.size else 0
         if first > len(block):
             if payloads:
                 return 0, False  # the next record is over the budget: next time
             if first <= available:
                 block = os.pread(fd, first, offset)  # one record larger than the budget
-        used, count, reason = _scan(block, 0, payloads)
+        used, count, reason = scan(block, 0, payloads)
         self._read, self._read_nth = Position(segment_id, offset + used), self._read_nth + count
         self.read_messages += count
         if reason == "torn tail" and used:
@@ -537,7 +531,7 @@ class Spool:
     def _reader(self, segment_id: int) -> int:
         if self._read_fd is None or self._read_fd_segment != segment_id:
             self._close_reader()
-            self._read_fd = os.open(self._path(segment_id), os.O_RDONLY | _OPEN_FLAGS)
+            self._read_fd = os.open(self._path(segment_id), os.O_RDONLY | OPEN_FLAGS)
             self._read_fd_segment = segment_id
         return self._read_fd
 
@@ -586,8 +580,8 @@ class Spool:
         data = os.pread(self._reader(segment_id), offset - start, start)
         end = 0
         while end + HEADER.size <= len(data):
-            nth += _MESSAGES.unpack_from(data, end + 12)[0]
-            end += HEADER.size + _LENGTH.unpack_from(data, end + 4)[0]
+            nth += MESSAGES.unpack_from(data, end + 12)[0]
+            end += HEADER.size + LENGTH.unpack_from(data, end + 4)[0]
         if end != len(data):
             raise ValueError(f"position {position} is not at a record boundary")
         return nth
@@ -608,7 +602,7 @@ class Spool:
         """Saves the cursor, then deletes the segments it says are consumed."""
         committed = self._committed
         try:
-            _write_cursor(self.directory, committed, fsync=self.fsync_policy != "never")
+            write_cursor(self.directory, committed, fsync=self.fsync_policy != "never")
         except OSError as exc:
             if self._error_log.ready():
                 logger.warning("spool %s: cannot save the cursor (%s)", self.directory, exc)
@@ -630,140 +624,3 @@ class Spool:
 
     def _path(self, segment_id: int) -> Path:
         return self.directory / f"{segment_id:016d}.seg"
-
-
-def inspect(directory: str | os.PathLike[str], now: float | None = None) -> SpoolStats:
-    """What a spool directory holds from its cursor on, read-only: it never changes a file, so it
-    may run while a server writes (a torn tail is then simply not counted). `now` is accepted
-    for callers that pass one; the stats hold absolute times, so nothing depends on it."""
-    path = Path(directory)
-    if not path.is_dir():
-        return SpoolStats(0, 0, None, 0, 0)
-    ids = _segment_ids(path)
-    start, _ = _resolve_start(ids, _read_cursor(path / CURSOR_NAME)[0])
-    records = size = 0
-    oldest: float | None = None
-    for segment_id in ids:
-        if segment_id < start.segment:
-            continue
-        try:
-            data = (path / f"{segment_id:016d}.seg").read_bytes()
-        except FileNotFoundError:
-            continue  # consumed and deleted meanwhile
-        begin = min(start.offset, len(data)) if segment_id == start.segment else 0
-        end, count, _ = _scan(data, begin)
-        if count and oldest is None:
-            oldest = float(HEADER.unpack_from(data, begin)[2])
-        records, size = records + count, size + end - begin
-    corrupt = sum(1 for name in os.listdir(path) if CORRUPT_MARK in name)
-    return SpoolStats(records, size, oldest, len(ids), corrupt)
-
-
-def _scan(
-    data: bytes, start: int, payloads: list[bytes] | None = None
-) -> tuple[int, int, str | None]:
-    """Checks the records in `data` from `start`, collecting payloads if asked: (end of the last
-    good record, how many messages they hold, None or why the scan stopped early: "torn tail",
-    "checksum mismatch")."""
-    view = memoryview(data)
-    offset, count, size = start, 0, len(data)
-    while offset < size:
-        if size - offset < HEADER.size:
-            return offset, count, "torn tail"
-        crc, length, _, messages = HEADER.unpack_from(data, offset)
-        end = offset + HEADER.size + length
-        if end > size:
-            return offset, count, "torn tail"
-        if zlib.crc32(view[offset + 4 : end]) != crc:
-            return offset, count, "checksum mismatch"
-        if payloads is not None:
-            payloads.append(data[offset + HEADER.size : end])
-        offset, count = end, count + messages
-    return offset, count, None
-
-
-def _segment_ids(directory: Path) -> list[int]:
-    return sorted(
-        int(m[1]) for name in os.listdir(directory) if (m := SEGMENT_NAME.fullmatch(name))
-    )
-
-
-def _read_cursor(path: Path) -> tuple[Position | None, str | None]:
-    """The committed position saved in `path`: (position or None, what is wrong with the file)."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None, None
-    fields = raw.split()
-    if len(fields) != 2 or not all(f.isdigit() for f in fields):
-        return None, f"expecting '<segment> <offset>', got {raw[:40]!r}"
-    position = Position(int(fields[0]), int(fields[1]))
-    if not 1 <= position.segment <= MAX_SEGMENT_ID:
-        return None, f"segment {position.segment} out of range"
-    return position, None
-
-
-def _resolve_start(ids: list[int], cursor: Position | None) -> tuple[Position, str | None]:
-    """Where reading starts, given the segments on disk and the saved cursor."""
-    if cursor is None:
-        return Position(ids[0] if ids else 1, 0), None
-    if cursor.segment in ids:
-        return cursor, None
-    later = [i for i in ids if i > cursor.segment]
-    if later:
-        return Position(later[0], 0), None  # its segment is gone (dropped or empty)
-    if not ids or cursor.segment == ids[-1] + 1:
-        return Position(cursor.segment, 0), None  # all consumed; that segment was never written
-    return Position(ids[0], 0), f"{cursor} is past the last segment {ids[-1]}"
-
-
-def _write_cursor(directory: Path, position: Position, *, fsync: bool) -> None:
-    """Replaces the cursor file atomically: a reader sees the old or the new one, never a mix."""
-    temporary = directory / f"{CURSOR_NAME}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _OPEN_FLAGS, FILE_MODE)
-    try:
-        _write_all(fd, b"%d %d\n" % position)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, directory / CURSOR_NAME)
-
-
-def _write_new(path: Path, data: bytes) -> Path:
-    """Writes `data` to `path`, or to `path-N` if that exists already; returns which."""
-    candidate, n = path, 1
-    while True:
-        try:
-            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, FILE_MODE)
-        except FileExistsError:
-            candidate, n = path.with_name(f"{path.name}-{n}"), n + 1
-            continue
-        try:
-            _write_all(fd, data)
-        finally:
-            os.close(fd)
-        return candidate
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    with memoryview(data) as view:
-        written = 0
-        while written < len(view):
-            written += os.write(fd, view[written:])
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | _OPEN_FLAGS)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:  # some filesystems refuse it; the data itself is fsynced anyway
-        logger.debug("spool %s: cannot fsync the directory (%s)", directory, exc)
-
-
-def _seconds(at: float) -> int:
-    """A record's time, in whole seconds (the header's u32; the age of a backlog is in s)."""
-    return min(max(int(at), 0), MAX_U32)

@@ -9,9 +9,9 @@ import msgspec
 import pytest
 
 from relay.config import Route
+from relay.output.routes import NO_ROUTE, Router, Target
 from relay.parse import parse
 from relay.pipeline import Pipeline
-from relay.routes import NO_ROUTE, Router, Target
 from tests.memory_sink import Lines
 
 

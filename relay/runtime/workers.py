@@ -26,12 +26,11 @@ from typing import Any
 
 import msgspec
 
-from relay.children import Registry, load_children
+from relay.children.registry import Registry, load_children
 from relay.config import Config
-from relay.listeners import BoundSocket, bind_listeners, close_all
-from relay.metrics import HealthServer
-from relay.server import (
-    Server,
+from relay.ingest.listeners import BoundSocket, bind_listeners, close_all
+from relay.ops.metrics import HealthServer
+from relay.runtime.common import (
     Shutdown,
     Signals,
     health_server,
@@ -41,6 +40,7 @@ from relay.server import (
     remove_expired_forever,
     start_health,
 )
+from relay.runtime.server import Server
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""relay.children: the child-server registry, its file, and the registration hooks.
+"""relay.children.registry: the child-server registry, its file, and the registration hooks.
 
 Real files in tmp_path, real hook subprocesses (`sh`), a real HTTP server on 127.0.0.1.
 """
@@ -24,8 +24,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.children import Child, Registry, format_table, load_children
-from relay.hooks import Announcer
+from relay.children.hooks import Announcer
+from relay.children.registry import Child, Registry, format_table, load_children
 
 T0 = 1_700_000_000.0
 REPO = Path(__file__).resolve().parents[1]
@@ -71,8 +71,8 @@ def new_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _info_logs(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="relay.children")
-    caplog.set_level(logging.INFO, logger="relay.hooks")
+    caplog.set_level(logging.INFO, logger="relay.children.registry")
+    caplog.set_level(logging.INFO, logger="relay.children.hooks")
 
 
 # -- observe ----------------------------------------------------------------------------------
@@ -243,7 +243,7 @@ def test_missing_registry_with_backup_uses_backup(tmp_path: Path) -> None:
 CRASH_DURING_SAVE = """
 import os, sys
 from pathlib import Path
-from relay.children import Registry
+from relay.children.registry import Registry
 registry = Registry(Path(sys.argv[1]))
 registry.observe("10.0.0.1", b"a", 1.0)
 registry.save()

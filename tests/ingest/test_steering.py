@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import pytest
 
-from relay.transport.steering import steer_by_source_ip
+from relay.ingest.steering import steer_by_source_ip
 
 
 def _group(

@@ -80,7 +80,7 @@ def origip_relay_conf(target: str, port: int = 514, *, queue: str = "plura-fwd")
 
 # The collector's rules: a stamp opening msg (after at most the space rsyslog keeps after the
 # tag) files the message under that address, with the stamp removed exactly as plura-relay's
-# relay/origin.py does (the space before the stamp is kept, one after it dropped); anything
+# relay/forward/origin.py does (the space before the stamp is kept, one after it dropped); anything
 # else goes to the fallback file. POSIX ERE: `[^]]` is "not `]`"; `$` must not be in a
 # double-quoted RainerScript string, hence the single quotes.
 _ORIGIP_RULES = r"""set $.origip = re_extract($msg, "^ ?\\[origip=([0-9A-Fa-f:.]+)\\]", 0, 1, "");

@@ -12,16 +12,12 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from relay.config import Forward
-from relay.limits import Gate
-from relay.message import SyslogMessage
-from relay.sinks.forward import SETTLE_MAX_S, Target
-from relay.spool import Spool
-
-if TYPE_CHECKING:
-    from relay.pipeline import Offered
+from relay.forward.spool import Spool
+from relay.forward.target import SETTLE_MAX_S, Target
+from relay.ingest.limits import Gate
+from relay.message import Offered, SyslogMessage
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import socket
 import time
 from collections.abc import Callable
 
-from relay.limits import SourceFilter, TokenBuckets
-from relay.transport.addresses import peer_ip
+from relay.ingest.addresses import peer_ip
+from relay.ingest.limits import SourceFilter, TokenBuckets
 
 OnFrames = Callable[[list[bytes], str, float], None]
 

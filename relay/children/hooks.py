@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from relay.children import FAILURE_LOG_INTERVAL_S, Child, RateLimitedLog, Registry
+from relay.children.registry import FAILURE_LOG_INTERVAL_S, Child, RateLimitedLog, Registry
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,175 @@
+"""What the one-process server and the supervisor of workers share: signals, the registry and its
+hooks, the health server, the readiness probe of the log directory, resolving `auto` addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+
+from relay.children.hooks import Announcer
+from relay.children.registry import Registry
+from relay.config import Config, is_auto, parse_address
+from relay.node.bridge import USUAL_BRIDGES, find_bridge_address
+from relay.ops.metrics import HealthServer, Readiness, Stats
+from relay.pipeline import ceelog_name
+
+logger = logging.getLogger(__name__)
+
+Shutdown = Callable[[], Awaitable[object]]
+AUTO_RETRY_S = 1.0
+FD_HEADROOM = 64  # listeners, pipes, registry, metrics
+
+
+def log_dir_writable(log_dir: str) -> tuple[bool, str]:
+    """Try it: write a byte to a file and remove it (permission bits say nothing for root, nor
+    for a read-only or full filesystem)."""
+    probe = Path(log_dir) / f".plura-relay-ready-{os.getpid()}"
+    try:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"\n")
+        finally:
+            os.close(fd)
+            probe.unlink()
+    except OSError as exc:
+        return False, f"log dir {log_dir} is not writable: {exc.strerror or exc}"
+    return True, "ready"
+
+
+def registry_stats(registry: Registry, inactive_after_s: float) -> dict[str, float]:
+    return {
+        "children": registry.count,
+        "children_active": registry.active(time.time(), inactive_after_s),
+    }
+
+
+def health_server(config: Config, stats: Stats, ready: Readiness) -> HealthServer | None:
+    if not config.metrics.listen:
+        return None
+    return HealthServer(parse_address(config.metrics.listen, 9514), stats, ready)
+
+
+async def start_health(health: HealthServer) -> None:
+    """A metrics port already in use must not keep syslog from being received: log it."""
+    try:
+        await health.start()
+    except OSError as exc:
+        logger.error("cannot serve metrics and health: %s", exc)
+
+
+async def remove_expired_forever(registry: Registry, config: Config) -> None:
+    """children.retention_s: remove the ceelog file of a child inactive for that much longer."""
+    children = config.children
+    if not children.retention_s:
+        return
+    expiry_s = children.inactive_after_s + children.retention_s
+    while True:
+        await asyncio.sleep(min(expiry_s / 4, 60.0))
+        cutoff = time.time() - expiry_s
+        for child in registry.children():
+            path = Path(config.output.log_dir) / ceelog_name(child.ip)
+            if child.last_seen < cutoff and path.exists():
+                try:
+                    path.unlink()
+                    since = time.strftime("%Y-%m-%d %H:%M", time.localtime(child.last_seen))
+                    logger.info("removed %s: child %s inactive since %s", path, child.ip, since)
+                except OSError as exc:
+                    logger.warning("cannot remove %s: %s", path, exc)
+
+
+def open_registry(config: Config) -> tuple[Registry, Announcer]:
+    Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+    registry = Registry(Path(config.state_dir), save_interval_s=config.children.save_interval_s)
+    hooks = config.children
+    announcer = Announcer(
+        command=list(hooks.hook_command) or None,
+        url=hooks.hook_url or None,
+        backoff_initial_s=hooks.hook_backoff_initial_s,
+        backoff_max_s=hooks.hook_backoff_max_s,
+        timeout_s=hooks.hook_timeout_s,
+    )
+    return registry, announcer
+
+
+class Signals:
+    """SIGTERM/SIGINT set `stop`; SIGHUP calls whatever `on_hup` is by then."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.on_hup: Callable[[], None] = lambda: None
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.on_hup())
+
+    def remove(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+
+
+async def resolve_listen(config: Config) -> Config:
+    """Replace `auto[:PORT]` addresses by the pod-network bridge's, waiting for it if needed."""
+    listen = config.listen
+    if not any(is_auto(address) for address in listen.addresses):
+        return config
+    found = find_bridge_address(listen.interface, listen.flannel_subnet_env)
+    if found is None:
+        logger.warning(
+            "listen auto: waiting for %s (or %s) to have an address",
+            listen.interface or " / ".join(USUAL_BRIDGES), listen.flannel_subnet_env,
+        )  # fmt: skip
+    while found is None:
+        await asyncio.sleep(AUTO_RETRY_S)
+        found = find_bridge_address(listen.interface, listen.flannel_subnet_env)
+    addresses = []
+    for address in listen.addresses:
+        if not is_auto(address):
+            addresses.append(address)
+            continue
+        port = int(address[5:]) if address.startswith("auto:") else 514
+        addresses += [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in found.addresses]
+    logger.info(
+        "listen auto: %s from %s%s", ", ".join(addresses), found.source,
+        " (bound ahead of the bridge)" if found.freebind else "",
+    )  # fmt: skip
+    # only the pods of this node's network may send, unless configured otherwise
+    allowed = listen.allowed_sources or ([found.network] if found.network else [])
+    resolved = msgspec.structs.replace(
+        listen,
+        addresses=addresses,
+        freebind=listen.freebind or found.freebind,
+        allowed_sources=allowed,
+    )
+    return msgspec.structs.replace(config, listen=resolved)
+
+
+def raise_open_file_limit(wanted: int) -> None:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one: the file cache, sockets and TCP
+    connections all need descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft < wanted:
+        logger.warning(
+            "open file limit %d is below what the configuration may use (%d): lower "
+            "output.max_open_files or listen.max_connections, or raise the limit",
+            soft, wanted,
+        )  # fmt: skip

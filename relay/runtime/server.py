@@ -1,0 +1,245 @@
+"""One process's server: listeners, pipeline, file sink and forward targets, built from Config.
+
+`serve_here` runs it with the registry and signals in this process (`workers = 1`);
+relay.runtime.workers runs one per worker process. Shutdown order: stop accepting, let open TCP
+connections deliver what is in flight, flush and fsync the files, save the registry, exit.
+SIGHUP reopens every output file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Iterable
+
+from relay.config import Config
+from relay.forward.targets import Forwarders, open_target
+from relay.ingest.limits import Admission, SourceFilter, TokenBuckets
+from relay.ingest.listeners import LISTEN_BACKLOG, BoundSocket, bind_listeners
+from relay.ingest.tcp import TcpListener
+from relay.ingest.udp import UdpListener
+from relay.node.hostnames import DnsHostnames
+from relay.ops.metrics import HealthServer
+from relay.output.files import FileSink
+from relay.pipeline import Pipeline, SourceObserver
+from relay.runtime.common import (
+    Shutdown,
+    Signals,
+    health_server,
+    log_dir_writable,
+    open_registry,
+    registry_stats,
+    remove_expired_forever,
+    start_health,
+)
+from relay.tls import server_context
+
+logger = logging.getLogger(__name__)
+
+
+class Server:
+    """Listeners -> pipeline -> files of one process; reports sources to `observer`.
+
+    Constructed inside the running event loop (the file sink schedules its flushes on it).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        sockets: list[BoundSocket],
+        *,
+        observer: SourceObserver,
+        known_sources: Iterable[str] = (),
+        admission_share: int = 1,
+        worker_index: int = 0,
+    ) -> None:
+        """`known_sources`: children registered before (admitted whatever the limits);
+        `admission_share`: this process's share of max_children (1 of N workers: 1/N);
+        `worker_index`: which worker this is (names its forward spools)."""
+        self.config = config
+        targets = [open_target(f, config.state_dir, worker_index, config.workers)
+                   for f in config.forward]  # fmt: skip
+        self.forward = Forwarders(targets) if targets else None
+        out, listen, children = config.output, config.listen, config.children
+        self.sink = FileSink(
+            out.log_dir,
+            max_open_files=out.max_open_files,
+            file_mode=out.file_mode,
+            dir_mode=out.dir_mode,
+            fsync_on_close=out.fsync_on_close,
+            flush_after_s=out.flush_interval_s,
+            schedule=asyncio.get_running_loop().call_later,
+        )
+        hostnames = None
+        if config.hostname.fallback == "dns":
+            hostnames = DnsHostnames(ttl_s=config.hostname.dns_cache_ttl_s)
+        self.pipeline = Pipeline(
+            self.sink,
+            observer=observer,
+            hostnames=hostnames,
+            max_message_bytes=config.listen.max_message_bytes,
+            rsyslog_sd=config.parse.unterminated_sd == "rsyslog",
+            routes=config.route,
+            admission=Admission(
+                known_sources,
+                max(1, children.max_children // admission_share),
+                children.max_new_per_second / admission_share,
+                max(1, children.new_sources_burst // admission_share),
+            ),
+            trusted_relays=(
+                SourceFilter(config.origin.trusted_sources) if config.origin.trust_origip else None
+            ),
+            forward=self.forward,
+        )
+        self.sources = SourceFilter(listen.allowed_sources) if listen.allowed_sources else None
+        self.rate_limit = (
+            TokenBuckets(listen.rate_limit_per_source, listen.rate_limit_burst)
+            if listen.rate_limit_per_source
+            else None
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self.sockets = sockets
+        self.bound = [(s.kind, s.host, s.port) for s in sockets]
+        self.udp: list[UdpListener] = []
+        self.tcp: list[tuple[TcpListener, BoundSocket]] = []
+        self.health: HealthServer | None = None
+
+    async def start_listeners(self) -> None:
+        loop = asyncio.get_running_loop()
+        listen = self.config.listen
+        tls = server_context(listen.tls) if any(b.kind == "tls" for b in self.sockets) else None
+        for bound in self.sockets:
+            if bound.kind in ("tcp", "tls"):
+                tcp = TcpListener(
+                    functools.partial(self.pipeline.handle_batch, lossless=True),
+                    max_message_bytes=listen.max_message_bytes,
+                    oversize=listen.oversize,
+                    sources=self.sources,
+                    rate_limit=self.rate_limit,
+                    max_connections=listen.max_connections,
+                    idle_timeout_s=listen.idle_timeout_s,
+                    gate=self.forward.gate if self.forward is not None else None,
+                    tls=tls if bound.kind == "tls" else None,
+                    tls_handshake_timeout_s=listen.tls.handshake_timeout_s,
+                )
+                self._tasks.append(loop.create_task(tcp.close_idle_forever()))
+                tcp.server = await loop.create_server(
+                    tcp.protocol, sock=bound.sock, backlog=LISTEN_BACKLOG
+                )
+                self.tcp.append((tcp, bound))
+            else:
+                udp = UdpListener(
+                    bound.sock,
+                    self.pipeline.handle_batch,
+                    max_message_bytes=listen.max_message_bytes,
+                    sources=self.sources,
+                    rate_limit=self.rate_limit,
+                )
+                udp.start()
+                self.udp.append(udp)
+            logger.info("listening on %s %s:%d", bound.kind, bound.host or "0.0.0.0", bound.port)
+        self._tasks.append(loop.create_task(self._check_rotation_forever()))
+        if self.forward is not None:
+            self.forward.start()
+
+    async def _check_rotation_forever(self) -> None:
+        interval = self.config.output.reopen_check_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            self.sink.reopen_rotated()
+
+    def stats(self) -> dict[str, float]:
+        """Counters and gauges of this process, for /metrics (and for a supervisor)."""
+        sink, pipeline = self.sink, self.pipeline
+        stats: dict[str, float] = {
+            "general_parse": pipeline.general,
+            "lines_written": sink.lines_written,
+            "bytes_written": sink.bytes_written,
+            "write_failed": sink.lines_failed,
+            "open_files": sink.open_files,
+            "evictions": sink.evictions,
+            "rotations": sink.rotations,
+            "buffered_bytes": sink.buffered_bytes,
+            "overflow": pipeline.overflow,
+            "origin_stamped": pipeline.origin_stamped,
+            "origin_invalid": pipeline.origin_invalid,
+        }
+        if self.forward is not None:
+            stats.update(self.forward.stats())
+        parts = [udp.stats() for udp in self.udp] + [tcp.stats() for tcp, _ in self.tcp]
+        for part in parts:
+            for key, value in part.items():
+                stats[key] = stats.get(key, 0) + value
+        return stats
+
+    def ready(self) -> tuple[bool, str]:
+        """Listening, and the log directory is writable."""
+        if not self.udp and not self.tcp:
+            return False, "no listener bound"
+        return log_dir_writable(self.config.output.log_dir)
+
+    def reopen(self) -> None:
+        logger.info("SIGHUP: reopening output files")
+        self.sink.reopen()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for udp in self.udp:
+            udp.close()
+        drain_s = self.config.listen.drain_timeout_s
+        if self.forward is not None:
+            self.forward.drain()  # senders paused by a full spool deliver what is in flight too
+        await asyncio.gather(*(tcp.drain_and_close(drain_s, b.sock) for tcp, b in self.tcp))
+        self.sink.close()
+        if self.forward is not None:
+            await self.forward.stop()
+        logger.info(
+            "stopped: %d messages received, %d lines written, %d not written",
+            self.pipeline.received, self.sink.lines_written, self.sink.lines_failed,
+        )  # fmt: skip
+
+
+async def serve_here(
+    config: Config,
+    shutdown: Shutdown,
+    on_ready: Callable[[Server | object], None] | None,
+    signals: Signals | None,
+) -> None:
+    loop = asyncio.get_running_loop()
+    registry, announcer = open_registry(config)
+    [sockets] = bind_listeners(config.listen)
+    known = [child.ip for child in registry.children()]
+    server = Server(config, sockets, observer=registry, known_sources=known)
+    if signals is not None:
+        signals.on_hup = server.reopen
+    await server.start_listeners()
+    background = [
+        loop.create_task(registry.run_saver()),
+        loop.create_task(announcer.run(registry)),
+        loop.create_task(remove_expired_forever(registry, config)),
+    ]
+    inactive_after_s = config.children.inactive_after_s
+    health = health_server(
+        config,
+        lambda: {**server.stats(), **registry_stats(registry, inactive_after_s), "workers": 1},
+        server.ready,
+    )
+    if health is not None:
+        await start_health(health)
+    server.health = health
+    if on_ready is not None:
+        on_ready(server)
+    try:
+        await shutdown()
+        logger.info("shutting down")
+    finally:
+        if health is not None:
+            await health.stop()
+        await server.stop()
+        await announcer.settle(config.children.hook_timeout_s)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        registry.close()
