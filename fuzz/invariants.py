@@ -172,6 +172,13 @@ class ListSink:
     def extend(self, name: str, lines: list[bytes]) -> None:
         self.lines.extend((name, line) for line in lines)
 
+    def extend_block(self, name: str, block: bytes, count: int) -> None:
+        *lines, rest = block.split(b"\n")
+        lines = [line + b"\n" for line in lines]
+        if len(lines) != count or rest:
+            raise AssertionError(f"a block of {count} lines holds {len(lines)}: {block[:200]!r}")
+        self.extend(name, lines)
+
 
 class _Observer:
     def __init__(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relay.config import Route, RouteMatch
+from relay.output.routes import render_for_route
 from relay.output.template import CeeTemplate
 from relay.parse import parse
 from relay.pipeline import Pipeline, ceelog_name
@@ -53,3 +55,61 @@ def test_single_frames_and_batches_agree() -> None:
     assert one.files["ceelog-10.0.0.1.log"][0].endswith(
         b'"msg":" \'su root\' failed for lonvick on \\/dev\\/pts\\/8"}}\n'
     )
+
+
+# heads that take the fast path, the general path, or look fast but hold a control byte
+MIXED_HEADS = [*HEADS, b"<30>Nov 26 21:00:01 web\t1 nginx: ", b"<30>Nov 26 21:00:01 w nginx:\x00"]
+MIXED_BODIES = BODIES | st.sampled_from([b"a/b", b'say "hi"', b"back\\slash", b"\n", b'/\\"/'])
+ROUTES = [
+    Route(
+        name="nginx",
+        file="weblog.log",
+        template="msg",
+        match=RouteMatch(programname_equals="nginx"),
+    ),
+    Route(name="app", file="app.log", stop=False, match=RouteMatch(programname_equals="app")),
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    batches=st.lists(
+        st.tuples(
+            st.sampled_from(["127.0.0.9", "10.0.0.1", "::1"]),
+            st.lists(st.tuples(st.sampled_from(MIXED_HEADS), MIXED_BODIES), max_size=80),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    max_bytes=st.sampled_from([8096, 64, 20]),
+    routed=st.booleans(),
+)
+def test_any_batch_equals_render_of_parse_per_frame(
+    batches: list[tuple[str, list[tuple[bytes, bytes]]]], max_bytes: int, routed: bool
+) -> None:
+    """Batches as large as a recvmmsg wake-up, from several senders, mixing fast-path and
+    general frames, control bytes, escapes and truncation, with and without routes: the
+    batch render writes what render(parse(frame)) writes, frame by frame, in order."""
+    sink = Lines()
+    routes = ROUTES if routed else []
+    pipeline = Pipeline(sink, max_message_bytes=max_bytes, routes=routes)
+    template = CeeTemplate()
+    expected: dict[str, list[bytes]] = {}
+    at = 1_700_000_000.5
+    for peer, frames in batches:
+        raw = [head + body for head, body in frames]
+        pipeline.handle_batch(raw, peer, at)
+        for frame in raw:
+            message = parse(frame, received_at=at, peer=peer, max_bytes=max_bytes)
+            ceelog = True
+            for route in routes:
+                if route.match.programname_equals == message.programname.decode("latin-1"):
+                    line = render_for_route(
+                        route.template, message, template.timegenerated(at), template
+                    )
+                    expected.setdefault(route.file, []).append(line)
+                    ceelog = not route.stop
+                    break
+            if ceelog:
+                expected.setdefault(ceelog_name(peer), []).append(template.render(message))
+    assert sink.files == expected

@@ -45,6 +45,7 @@ class FileSink:
         self.fsync_on_close = fsync_on_close
         self._buffers: dict[str, list[bytes]] = {}
         self._buffered_bytes: dict[str, int] = {}
+        self._buffered_lines: dict[str, int] = {}
         self._fds: OrderedDict[str, int] = OrderedDict()  # LRU: oldest first
         self.lines_written = 0
         self.bytes_written = 0
@@ -63,15 +64,21 @@ class FileSink:
 
     def extend(self, name: str, lines: list[bytes]) -> None:
         """Queue several complete lines for `directory/name`."""
-        size = sum(map(len, lines))
+        self.extend_block(name, b"".join(lines), len(lines))
+
+    def extend_block(self, name: str, block: bytes, count: int) -> None:
+        """Queue `count` complete lines, joined, for `directory/name`."""
+        size = len(block)
         buffer = self._buffers.get(name)
         if buffer is None:
-            self._buffers[name] = lines
+            self._buffers[name] = [block]
             self._buffered_bytes[name] = size
+            self._buffered_lines[name] = count
         else:
-            buffer.extend(lines)
+            buffer.append(block)
             size += self._buffered_bytes[name]
             self._buffered_bytes[name] = size
+            self._buffered_lines[name] += count
         if size >= FLUSH_THRESHOLD_BYTES:
             self._write(name)
         elif not self._flush_pending and self._schedule is not None:
@@ -126,23 +133,24 @@ class FileSink:
             self._close(name, sync=self.fsync_on_close)
 
     def _write(self, name: str) -> None:
-        lines = self._buffers.pop(name, None)
+        blocks = self._buffers.pop(name, None)
         self._buffered_bytes.pop(name, None)
-        if not lines:
+        lines = self._buffered_lines.pop(name, 0)
+        if not blocks:
             return
-        data = b"".join(lines)
+        data = b"".join(blocks)
         try:
             fd = self._fd(name)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
         except OSError as exc:
-            self.lines_failed += len(lines)
+            self.lines_failed += lines
             self._log_error(name, exc)
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 self._close(name)  # a bad descriptor or a vanished dir: reopen next time
             return
-        self.lines_written += len(lines)
+        self.lines_written += lines
         self.bytes_written += len(data)
 
     def _fd(self, name: str) -> int:

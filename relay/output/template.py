@@ -109,9 +109,12 @@ class CeeTemplate:
 
     def render_at(self, message: SyslogMessage, timegenerated: bytes) -> bytes:
         """Render with a timegenerated already formatted (one per batch of a TCP read)."""
+        return b"".join((LINE_START, timegenerated, self.middle(message), LINE_END))
+
+    def middle(self, message: SyslogMessage) -> bytes:
+        """The line between timegenerated and LINE_END: header and escaped msg."""
         key = (message.programname, message.hostname, message.syslogtag, message.pri)
-        header = self.headers.get(key) or self.header(key)
-        return b"".join((LINE_START, timegenerated, header, escape(message.msg), LINE_END))
+        return (self.headers.get(key) or self.header(key)) + escape(message.msg)
 
     def header(self, key: HeaderKey) -> bytes:
         programname, hostname, syslogtag, pri = key
