@@ -62,6 +62,14 @@ def add_plan_options(p: argparse.ArgumentParser, defaults: driver.Plan) -> None:
         help="add a plura-relay variant with these extra arguments, e.g. "
         '"--workers 2" (repeatable)',
     )
+    p.add_argument(
+        "--rsyslog-args",
+        action="append",
+        default=[],
+        metavar="ARGS",
+        help='add an rsyslog variant: "threads=N rcvbuf=SIZE" (imudp\'s threads and '
+        'rcvbufSize, e.g. "threads=2 rcvbuf=4m"; repeatable)',
+    )
     p.add_argument("--reps", type=int, default=d.reps, help="repetitions of every figure")
     p.add_argument("--sources", type=int, default=d.sources, help="UDP/TCP source addresses")
     p.add_argument("--size", type=int, default=d.size, help="message bytes (framing excluded)")
@@ -149,7 +157,7 @@ def plan_from(args: argparse.Namespace, specs: list[ServerSpec]) -> driver.Plan:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    plan = plan_from(args, parse_servers(args.servers, args.plura_args))
+    plan = plan_from(args, parse_servers(args.servers, args.plura_args, args.rsyslog_args))
     results = driver.run_plan(plan)
     raw = plan.out_dir / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
     driver.save_results(results, raw)

@@ -65,6 +65,28 @@ def max_clean_rate(results: Results, server: str) -> list[float]:
     return out
 
 
+def written_rate(record: dict[str, Any]) -> float | None:
+    """Messages written per second of sending: what the server kept up with (at an offered rate
+    above what one core takes, its saturation rate)."""
+    if not record.get("sent") or not record.get("achieved_rate"):
+        return None
+    return float(record["received"]) * record["achieved_rate"] / record["sent"]
+
+
+def saturation(results: Results, server: str) -> list[float]:
+    """Per repetition: the most messages per second written at any offered UDP rate."""
+    out = []
+    for rep in sorted({r["rep"] for r in results.records if r["server"] == server}):
+        rates = [
+            written_rate(r)
+            for r in results.records
+            if r["server"] == server and r["rep"] == rep and r["label"] == "udp"
+        ]
+        if any(rate is not None for rate in rates):
+            out.append(max(rate for rate in rates if rate is not None))
+    return out
+
+
 def integer(x: float) -> str:
     return f"{x:,.0f}"
 
@@ -162,6 +184,10 @@ def summary_table(results: Results, servers: list[str]) -> Table:
             f"UDP: highest offered msg/s with < {LOSS_LIMIT_PCT} % loss",
             lambda s: max_clean_rate(results, s), integer,
         )  # fmt: skip
+        t.add(
+            "UDP: saturation, most msg/s written at any offered rate",
+            lambda s: saturation(results, s), integer,
+        )  # fmt: skip
     n = f"{plan['many_sources']:,}"
     t.add("RSS idle (MiB)", getter(results, "many-sources", "rss_idle"), mib)
     t.add(f"RSS with {n} sources (MiB)", getter(results, "many-sources", "rss"), mib)
@@ -192,6 +218,19 @@ def udp_tables(results: Results, servers: list[str]) -> list[str]:
         for rate in rates:
             t.add(integer(rate), getter(results, "udp", key, rate), fmt)
         out += [f"### UDP: {title}", "", t.render(), ""]
+    written = Table("offered msg/s", servers)
+    for rate in rates:
+        written.add(
+            integer(rate),
+            lambda s, rate=rate: [
+                w
+                for r in results.records
+                if r["server"] == s and r["label"] == "udp" and r["rate"] == rate
+                and (w := written_rate(r)) is not None
+            ],
+            integer,
+        )  # fmt: skip
+    out += ["### UDP: messages written per second of sending", "", written.render(), ""]
     achieved = Table("offered msg/s", servers, ratios=False)
     for rate in rates:
         achieved.add(integer(rate), getter(results, "udp", "achieved_rate", rate), integer)

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +40,15 @@ class ServerSpec:
         return "".join(c if c.isalnum() or c in "-_" else "_" for c in self.name).strip("_")
 
 
-def parse_servers(names: str, plura_variants: list[str]) -> list[ServerSpec]:
-    """`--servers rsyslog,plura-relay` plus one plura-relay variant per `--plura-args`."""
+RSYSLOG_OPTIONS = ("threads", "rcvbuf")
+
+
+def parse_servers(
+    names: str, plura_variants: list[str], rsyslog_variants: Sequence[str] = ()
+) -> list[ServerSpec]:
+    """`--servers rsyslog,plura-relay` plus one plura-relay variant per `--plura-args` and one
+    rsyslog variant per `--rsyslog-args` (`threads=N rcvbuf=SIZE`: imudp's threads and
+    rcvbufSize)."""
     specs = []
     for name in filter(None, (n.strip() for n in names.split(","))):
         if name not in KINDS:
@@ -49,6 +57,13 @@ def parse_servers(names: str, plura_variants: list[str]) -> list[ServerSpec]:
     for extra in plura_variants:
         args = tuple(shlex.split(extra))
         specs.append(ServerSpec("plura-relay " + " ".join(args), "plura-relay", args))
+    for extra in rsyslog_variants:
+        args = tuple(shlex.split(extra))
+        for arg in args:
+            key, _, value = arg.partition("=")
+            if key not in RSYSLOG_OPTIONS or not value:
+                raise ValueError(f"--rsyslog-args {arg!r}: expecting threads=N or rcvbuf=SIZE")
+        specs.append(ServerSpec("rsyslog " + " ".join(args), "rsyslog", args))
     if not specs:
         raise ValueError("no server selected")
     return specs
@@ -120,10 +135,12 @@ class Server:
             from relay.node.rsyslog_conf import collector_conf
 
             conf = self.work_dir / "rsyslog.conf"
+            options = dict(arg.partition("=")[::2] for arg in self.spec.args)
             conf.write_text(
                 collector_conf(
                     str(self.log_dir), port=self.port, address="127.0.0.1",
-                    work_dir=str(self.work_dir),
+                    work_dir=str(self.work_dir), udp_threads=int(options.get("threads", 0)),
+                    udp_rcvbuf=options.get("rcvbuf", ""),
                 )
             )  # fmt: skip
             pidfile = self.work_dir / "rsyslogd.pid"

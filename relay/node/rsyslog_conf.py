@@ -32,21 +32,26 @@ def collector_conf(
     address: str = "",
     work_dir: str | None = None,
     enable_dns: bool = False,
+    udp_threads: int = 0,
+    udp_rcvbuf: str = "",
 ) -> str:
     """A complete rsyslogd config: imudp + imtcp on `port`, ceelog-<FROMHOST-IP>.log in `log_dir`.
 
     `enable_dns=False` makes the hostname fallback the sender's IP (plura-relay's default);
-    rsyslog's own default is a reverse-DNS lookup.
+    rsyslog's own default is a reverse-DNS lookup. `udp_threads` (imudp's module `threads`) and
+    `udp_rcvbuf` (its input `rcvbufSize`, e.g. "4m") tune rsyslog for the load test.
     """
     addr = f' address="{address}"' if address else ""
     work = f'global(workDirectory="{work_dir}")\n' if work_dir else ""
     dns = "on" if enable_dns else "off"
+    threads = f' threads="{udp_threads}"' if udp_threads else ""
+    rcvbuf = f' rcvbufSize="{udp_rcvbuf}"' if udp_rcvbuf else ""
     return (
         f'global(net.enableDNS="{dns}")\n'
         f"{work}"
-        'module(load="imudp")\n'
+        f'module(load="imudp"{threads})\n'
         'module(load="imtcp")\n'
-        f'input(type="imudp" port="{port}"{addr})\n'
+        f'input(type="imudp" port="{port}"{addr}{rcvbuf})\n'
         f'input(type="imtcp" port="{port}"{addr})\n'
         f"{CEE_TEMPLATE}"
         'template(name="CeeLogFile" type="string" '
