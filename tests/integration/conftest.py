@@ -76,12 +76,13 @@ async def running_server(
 
 
 def read_lines(path: Path) -> list[dict[str, str]]:
+    """The whole lines of a ceelog file. A read beside a running server may end inside a write
+    in progress (a reader is not serialised with an O_APPEND write): that unterminated tail is
+    not a line yet. Every line before it must parse."""
     if not path.exists():
         return []
-    return [
-        json.loads(line.decode("utf-8", "surrogateescape"))["ceelog"]
-        for line in path.read_bytes().splitlines()
-    ]
+    *lines, _in_progress = path.read_bytes().split(b"\n")
+    return [json.loads(line.decode("utf-8", "surrogateescape"))["ceelog"] for line in lines]
 
 
 async def wait_for_lines(path: Path, count: int, timeout_s: float = 10.0) -> list[dict[str, str]]:
