@@ -16,7 +16,7 @@ from relay.forward.origin import origin_from_sd, split_origin
 from relay.ingest.limits import Admission, SourceFilter
 from relay.message import Offered, SyslogMessage
 from relay.output.routes import NO_ROUTE, Router, render_for_route
-from relay.output.template import LINE_END, LINE_START, CeeTemplate
+from relay.output.template import LINE_END, LINE_START, CeeTemplate, escape
 from relay.parse import MAX_MESSAGE_BYTES, parse
 from relay.parse.fast import CONTROL_BYTES, PRI_VALUES, RFC3164_HEADER
 from relay.parse.rfc3164 import TAG_MAX_BYTES
@@ -59,11 +59,13 @@ def _lines(heads: list[bytes], bodies: list[bytes], timegenerated: bytes) -> byt
     parts. Bodies hold no LF (a control byte: such frames take the general path, whose body is
     empty), so they are escaped joined by LF and split again: one replace per escaped byte for
     the whole batch (template.escape's rules)."""
+    count = len(heads)
+    if count == 1:  # a TCP read or a quiet sender's datagram: the plain join is cheaper
+        return b"".join((LINE_START, timegenerated, heads[0], escape(bodies[0]), LINE_END))
     joined = b"\n".join(bodies)
     if b"\\" in joined or b'"' in joined or b"/" in joined:
         joined = joined.replace(b"\\", b"\\\\").replace(b'"', b'\\"').replace(b"/", b"\\/")
         bodies = joined.split(b"\n")
-    count = len(heads)
     parts: list[bytes] = [b""] * (3 * count + 1)
     parts[0] = LINE_START + timegenerated
     parts[1::3] = heads
@@ -143,7 +145,7 @@ class Pipeline:
         heads: list[bytes] = []
         bodies: list[bytes] = []
         add_head, add_body = heads.append, bodies.append
-        joined = b"".join(frames)
+        joined = frames[0] if len(frames) == 1 else b"".join(frames)
         clean = len(joined.translate(None, CONTROL_BYTES)) == len(joined)
         hostname = b""
         for frame in frames:

@@ -93,10 +93,12 @@ class CeeTemplate:
     is rendered once and cached, so a line costs one lookup, one msg escape and one join.
     """
 
-    __slots__ = ("_clock", "headers")
+    __slots__ = ("_at", "_clock", "_timegenerated", "headers")
 
     def __init__(self) -> None:
         self._clock = Clock()
+        self._at = -1.0
+        self._timegenerated = b""
         self.headers: dict[HeaderKey, bytes] = {}
         """(programname, hostname, syslogtag, pri) -> the line from `", "programname"` to
         `"msg":"`; read directly by the pipeline's hot path, filled by `header()`."""
@@ -105,7 +107,10 @@ class CeeTemplate:
         return self.render_at(message, self._clock.rfc3339(message.received_at))
 
     def timegenerated(self, received_at: float) -> bytes:
-        return self._clock.rfc3339(received_at)
+        # every batch of one wake-up has the same reception time: format it once
+        if received_at != self._at:
+            self._at, self._timegenerated = received_at, self._clock.rfc3339(received_at)
+        return self._timegenerated
 
     def render_at(self, message: SyslogMessage, timegenerated: bytes) -> bytes:
         """Render with a timegenerated already formatted (one per batch of a TCP read)."""
