@@ -93,7 +93,8 @@ class Batch:
             header.msg_namelen = _NAME_BYTES
             header.msg_iov = ctypes.pointer(self._iov[i])
             header.msg_iovlen = 1
-        self._data_view = memoryview(self._data).cast("B")
+        self.data = memoryview(self._data).cast("B")
+        """The slots: datagram i is data[i * slot : i * slot + its length]."""
         self._hdr_view = memoryview(self._hdrs).cast("B")
         self._names_view = memoryview(self._names).cast("B")
         # per slot the received length; per name the address (4 bytes of a sockaddr_in at 4;
@@ -121,10 +122,6 @@ class Batch:
 
     def lengths(self, count: int) -> tuple[int, ...]:
         return self._lengths[count].unpack_from(self._hdr_view)
-
-    def datagram(self, index: int, length: int) -> bytes:
-        start = index * self.slot
-        return self._data_view[start : start + length].tobytes()
 
     def senders(self, count: int) -> tuple[bytes, ...]:
         """Each datagram's sender, packed: the IPv4 address (4 bytes), or the IPv6 address and

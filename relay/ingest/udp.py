@@ -103,7 +103,7 @@ class UdpListener:
             self._hand_on(self._read_each())
 
     def _read_batches(self, batch: Batch) -> dict[str, list[bytes]]:
-        peers, limit, datagram = self._peers, self._max, batch.datagram
+        peers, limit, view, slot = self._peers, self._max, batch.data, batch.slot
         batches: dict[str, list[bytes]] = {}
         count = size = refused = truncated = 0
         try:
@@ -125,11 +125,13 @@ class UdpListener:
                     if length > limit:  # its real length: the slot holds what is kept
                         truncated += 1
                         length = limit
+                    start = index * slot
+                    data = view[start : start + length].tobytes()
                     frames = batches.get(peer)
                     if frames is None:
-                        batches[peer] = [datagram(index, length)]
+                        batches[peer] = [data]
                     else:
-                        frames.append(datagram(index, length))
+                        frames.append(data)
                 if received < batch.vlen:
                     break  # the socket is empty: no call just to be told so
         except OSError:  # e.g. ICMP errors reported on the socket: nothing to read now
