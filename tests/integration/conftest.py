@@ -185,8 +185,10 @@ class ServerProcess:
 
     def metrics(self) -> dict[str, float]:
         """The server's /metrics (with workers: the supervisor's sum), `name{labels}` -> value."""
-        found = re.findall(r"metrics and health on (http://\S+/metrics)", self.log)
-        assert found, f"no metrics URL in the server's log:\n{self.log}"
+        deadline = time.monotonic() + 10  # the supervisor logs it after the workers listen
+        while not (found := re.findall(r"metrics and health on (http://\S+/metrics)", self.log)):
+            assert time.monotonic() < deadline, f"no metrics URL in the server's log:\n{self.log}"
+            time.sleep(0.05)
         with urllib.request.urlopen(found[-1], timeout=5) as response:
             text = response.read().decode()
         samples = (line.rsplit(" ", 1) for line in text.splitlines() if line[:1] not in "#")
