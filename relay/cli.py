@@ -19,6 +19,7 @@ from relay import __version__
 from relay.children.registry import format_table as format_children
 from relay.children.registry import is_active, load_children
 from relay.config import ConfigError, load_config, parse_address
+from relay.message import printable, printable_json
 from relay.ops.logs import setup_logging
 
 
@@ -129,9 +130,9 @@ def children(config: str | None, state_dir: str | None, as_json: bool) -> None:
             {**msgspec.structs.asdict(c), "active": is_active(c, now, inactive_after_s)}
             for c in found
         ]
-        click.echo(msgspec.json.format(msgspec.json.encode(listed)).decode())
+        click.echo(printable_json(msgspec.json.format(msgspec.json.encode(listed)).decode()))
     else:
-        click.echo(format_children(found, inactive_after_s=inactive_after_s))
+        click.echo(format_children(found, inactive_after_s=inactive_after_s))  # escaped per field
 
 
 @main.command()
@@ -149,7 +150,7 @@ def status(config: str | None, url: str | None) -> None:
         host = "127.0.0.1" if host in ("", "0.0.0.0") else host
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     try:
-        click.echo(format_status(fetch_status(url)))
+        click.echo(_printable_lines(format_status(fetch_status(url))))
     except OSError as exc:
         raise click.ClickException(f"cannot reach {url}: {exc}") from exc
 
@@ -171,9 +172,9 @@ def spool_stats(config: str | None, state_dir: str | None, as_json: bool) -> Non
     report = spool_report(cfg.state_dir, [f.name for f in cfg.forward])
     if as_json:
         rows = [row._asdict() for row in report]
-        click.echo(msgspec.json.format(msgspec.json.encode(rows)).decode())
+        click.echo(printable_json(msgspec.json.format(msgspec.json.encode(rows)).decode()))
     else:
-        click.echo(format_report(report))
+        click.echo(_printable_lines(format_report(report)))
 
 
 @main.command("rsyslog-conf")
@@ -250,3 +251,8 @@ def _build(text: str, *, pri: int, hostname: str, tag: str, rfc5424: bool) -> by
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def _printable_lines(text: str) -> str:
+    """What another process told us (a server's /metrics, a spool's files), shown escaped."""
+    return "\n".join(printable(line) for line in text.split("\n"))

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import msgspec
 
+from relay.message import printable
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = Path("/var/lib/plura-relay")
@@ -405,8 +407,9 @@ def format_table(children: Iterable[Child], *, inactive_after_s: float | None = 
 def _row(c: Child) -> tuple[str, ...]:
     first, last = _local_time(c.first_seen), _local_time(c.last_seen)
     announced = "yes" if c.announced else "pending"
-    hostname = _printable(c.hostname) or "-"
-    return (c.ip, hostname, str(c.messages), first, last, announced, c.via or "-")
+    hostname = printable(c.hostname) or "-"
+    via = printable(c.via) if c.via else "-"
+    return (printable(c.ip), hostname, str(c.messages), first, last, announced, via)
 
 
 def _ip_key(child: Child) -> tuple[int, int, int, str]:
@@ -415,13 +418,6 @@ def _ip_key(child: Child) -> tuple[int, int, int, str]:
     except ValueError:
         return (1, 0, 0, child.ip)
     return (0, addr.version, int(addr), "")
-
-
-def _printable(text: str) -> str:
-    # a hostname is remote input: keep control characters out of the operator's terminal
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def _local_time(ts: float) -> str:

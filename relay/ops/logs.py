@@ -1,4 +1,7 @@
-"""The server's own logs on stderr: readable text by default, or one JSON object per line."""
+"""The server's own logs on stderr: readable text by default, or one JSON object per line.
+
+Every message is passed through `printable`: log arguments carry remote input (hostnames,
+addresses, peer names), and a control byte must not reach the operator's terminal raw."""
 
 from __future__ import annotations
 
@@ -8,7 +11,15 @@ import time
 
 import msgspec
 
+from relay.message import printable
+
 _encoder = msgspec.json.Encoder()
+
+
+class TextFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,7 +33,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": printable(record.getMessage()),
         }
         if self._tag:
             entry["process"] = self._tag
@@ -39,7 +50,7 @@ def setup_logging(level: str = "info", fmt: str = "text", *, tag: str = "") -> N
     else:
         where = f" [{tag}]" if tag else ""
         handler.setFormatter(
-            logging.Formatter(f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s")
+            TextFormatter(f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -3,11 +3,24 @@
 Knows paths and bytes, not syslog. Lines are appended to an in-memory buffer per file name and
 written with O_APPEND on a short timer (and when a buffer grows large), so the hot path makes no
 system call. Each write carries whole lines only, so several processes may append to one file.
+
+A file only ever holds whole lines. A write the disk cuts short (ENOSPC, EDQUOT, EIO) leaves
+part of a line at the end of the file; those bytes are cut back (ftruncate) to the end of the
+last whole line before the rest is tried again, so the lines that follow start on a line of
+their own.
+Keeping the tail to complete it later was the other choice, but it leaves the torn line in the
+file for as long as the disk stays full (for ever if the process dies meanwhile), and another
+writer's line could be appended onto it. The cut is made only when the file still ends exactly
+where this write ended (another writer's line is never cut), and with several workers
+(`shared`) each write and its cut-back hold an exclusive flock on the file, so no other worker
+appends in between.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import logging
 import os
 import time
@@ -35,9 +48,11 @@ class FileSink:
         fsync_on_close: bool = True,
         flush_after_s: float = 0.02,
         schedule: Schedule | None = None,
+        shared: bool = False,
     ) -> None:
         """`schedule(delay, callback)` (an event loop's `call_later`) makes buffered lines get
-        written `flush_after_s` after the first of them arrived; without it, call `flush()`."""
+        written `flush_after_s` after the first of them arrived; without it, call `flush()`.
+        `shared`: other processes (workers) append to the same files; see the module doc."""
         self.directory = Path(directory)
         self.max_open_files = max_open_files
         self.file_mode = file_mode
@@ -55,6 +70,7 @@ class FileSink:
         self._last_error_log = 0.0
         self._flush_after_s = flush_after_s
         self._schedule = schedule
+        self._shared = shared
         self._flush_pending = False
 
     # -- hot path -------------------------------------------------------------------------
@@ -141,23 +157,72 @@ class FileSink:
         data = b"".join(blocks)
         try:
             fd = self._fd(name)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
         except OSError as exc:
-            self.lines_failed += lines
-            self._log_error(name, exc)
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                self._close(name)  # a bad descriptor or a vanished dir: reopen next time
+            self._failed(name, lines, exc)
             return
-        self.lines_written += lines
-        self.bytes_written += len(data)
+        if self._shared:
+            _lock(fd, fcntl.LOCK_EX)  # no other worker appends between write and cut-back
+        try:
+            kept, error = self._write_lines(name, fd, data)
+        finally:
+            if self._shared:
+                _lock(fd, fcntl.LOCK_UN)
+        count = lines if error is None else data.count(b"\n", 0, kept)
+        self.lines_written += count
+        self.bytes_written += kept
+        if error is not None:
+            self._failed(name, lines - count, error)
+
+    def _write_lines(self, name: str, fd: int, data: bytes) -> tuple[int, OSError | None]:
+        """(bytes of whole lines written, the error that stopped the rest). After a short
+        write the partial line is cut back before the rest is tried again (space may have
+        come back): so the rest never lands after another writer's line."""
+        view = memoryview(data)
+        kept = 0
+        while kept < len(data):
+            try:
+                written = os.write(fd, view[kept:])
+            except OSError as exc:
+                return kept, exc
+            if kept + written == len(data):
+                return len(data), None
+            whole = data.rfind(b"\n", kept, kept + written) + 1 or kept  # each line ends in LF
+            if whole < kept + written and not self._cut_back(name, fd, kept + written - whole):
+                return whole, OSError(errno.EIO, "a partly written line could not be removed")
+            if whole == kept:  # not one more whole line fitted
+                return kept, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            kept = whole
+        return kept, None
+
+    def _cut_back(self, name: str, fd: int, partial: int) -> bool:
+        """Remove the `partial` bytes of a torn line this write left at the end of the file."""
+        try:
+            end = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: where this write ended
+            if os.fstat(fd).st_size == end:
+                os.ftruncate(fd, end - partial)
+                return True
+            reason = "another writer appended after it"
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+        logger.error("%s: cannot remove a partly written line (%s)", self.directory / name, reason)
+        return False
+
+    def _failed(self, name: str, lines: int, exc: OSError) -> None:
+        self.lines_failed += lines
+        self._log_error(name, exc)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            self._close(name)  # a bad descriptor or a vanished dir: reopen next time
 
     def _fd(self, name: str) -> int:
         fd = self._fds.get(name)
         if fd is not None:
-            self._fds.move_to_end(name)
-            return fd
+            # one fstat per file per flush, not per line: a file deleted since (the log dir
+            # removed) is reopened by name before anything is written into it and lost
+            if os.fstat(fd).st_nlink > 0:
+                self._fds.move_to_end(name)
+                return fd
+            self._close(name)
+            self.rotations += 1
         while len(self._fds) >= self.max_open_files:
             oldest = next(iter(self._fds))
             self._close(oldest)
@@ -206,3 +271,9 @@ class FileSink:
                 "cannot write %s: %s (%d lines not written so far)",
                 self.directory / name, exc.strerror, self.lines_failed,
             )  # fmt: skip
+
+
+def _lock(fd: int, operation: int) -> None:
+    # no lock (ENOLCK): the write goes ahead, and the size check still guards the cut-back
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, operation)

@@ -26,16 +26,37 @@ _PROGRAMNAME = re.compile(rb"[^:\[/\x00-\x1f\x7f-\xff]*")
 
 def sanitize(raw: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> bytes:
     """rsyslog's SanitizeMsg: drop one trailing NUL, then one trailing LF; control bytes
-    become `#ooo` (octal), and the escaped result (which can grow fourfold) is capped at
-    `max_bytes`. The frame itself is already at most `max_bytes`: transports and the framer
-    cut it there."""
+    become `#ooo` (octal), and the escaped result (which can grow fourfold) is capped near
+    `max_bytes` as rsyslog caps it (`_escaped_length`). The frame itself is already at most
+    `max_bytes`: transports and the framer cut it there."""
     if raw.endswith(b"\x00"):
         raw = raw[:-1]
     if raw.endswith(b"\n"):
         raw = raw[:-1]
-    if _CONTROL.search(raw) is not None:
-        raw = _CONTROL.sub(lambda m: _ESCAPED[m[0]], raw)[:max_bytes]
-    return raw
+    first = _CONTROL.search(raw)
+    if first is None:
+        return raw
+    kept = _escaped_length(raw, first.start(), min(len(raw) * 4, max_bytes))
+    return _CONTROL.sub(lambda m: _ESCAPED[m[0]], raw[:kept])
+
+
+def _escaped_length(raw: bytes, first: int, max_dest: int) -> int:
+    """How many bytes of `raw` rsyslog keeps once escaped. Its loop copies the bytes before the
+    first control byte but one unchecked, then takes one input byte at a time (four output
+    bytes for a control byte) while the output is shorter than `max_dest - 3`: so only whole
+    escapes are kept, and the output stops 0-3 bytes short of `max_dest`."""
+    limit = max_dest - 3
+    if first - 1 >= limit:  # the unchecked copy alone reaches the limit
+        return first - 1
+    extra = 0  # output bytes beyond the input bytes consumed: 3 per escape so far
+    for match in _CONTROL.finditer(raw, first):
+        at = match.start()
+        if at + extra >= limit:  # the plain bytes before this control byte reach the limit
+            return limit - extra
+        extra += 3
+        if at + 1 + extra >= limit:  # this escape reaches or passes it
+            return at + 1
+    return min(len(raw), limit - extra)
 
 
 def programname(syslogtag: bytes) -> bytes:

@@ -70,6 +70,7 @@ class Server:
             fsync_on_close=out.fsync_on_close,
             flush_after_s=out.flush_interval_s,
             schedule=asyncio.get_running_loop().call_later,
+            shared=config.workers > 1,
         )
         hostnames = None
         if config.hostname.fallback == "dns":

@@ -18,6 +18,9 @@ CASES = [
     pytest.param(b" [origip=../../etc/passwd] x", None, b" [origip=../../etc/passwd] x", True, id="path"),
     pytest.param(b" [origip=10.0.0.256] x", None, b" [origip=10.0.0.256] x", True, id="bad-octet"),
     pytest.param(b" [origip=] x", None, b" [origip=] x", False, id="empty"),
+    pytest.param(b" [origip=fe80::1%eth0] x", None, b" [origip=fe80::1%eth0] x", True, id="zone-id"),
+    pytest.param(b" [origip=fe80::1%*?] x", None, b" [origip=fe80::1%*?] x", True, id="zone-shell"),
+    pytest.param(b" [origip=::ffff:10.1.2.3%1] x", None, b" [origip=::ffff:10.1.2.3%1] x", True, id="zone-v4-mapped"),
     pytest.param(b" hello [origip=10.0.0.5]", None, b" hello [origip=10.0.0.5]", False, id="not-a-prefix"),
 ]  # fmt: skip
 
@@ -66,6 +69,8 @@ SD_CASES = [
     pytest.param(b'<13>1 2024-01-05T10:11:12Z h app 42 - [origin ip="10.1.2.3"] hi', "10.1.2.3", False, id="ipv4"),
     pytest.param(b'<13>1 2024-01-05T10:11:12Z h app - - [origin ip="fd00::7"][x@1 a="b"] hi', "fd00::7", False, id="ipv6"),
     pytest.param(b'<13>1 2024-01-05T10:11:12Z h app - - [origin ip="../x"] hi', None, True, id="invalid"),
+    pytest.param(b'<13>1 2024-01-05T10:11:12Z h app - - [origin ip="fe80::1%\x1b]0;pwned\x07"] hi', None, True, id="zone-osc"),
+    pytest.param(b'<13>1 2024-01-05T10:11:12Z h app - - [origin ip="fe80::1%lo"] hi', None, True, id="zone-id"),
     pytest.param(b'<13>1 2024-01-05T10:11:12Z h app - - [x@1 a="b"][origin ip="10.1.2.3"] hi', None, False, id="not-first"),
     pytest.param(b"<13>Jan  5 10:11:12 h app: [origin ip=\"10.1.2.3\"]", None, False, id="rfc3164"),
 ]  # fmt: skip

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -180,6 +182,17 @@ class ServerProcess:
 
     def file(self, ip: str) -> Path:
         return self.log_dir / f"ceelog-{ip}.log"
+
+    def metrics(self) -> dict[str, float]:
+        """The server's /metrics (with workers: the supervisor's sum), `name{labels}` -> value."""
+        deadline = time.monotonic() + 10  # the supervisor logs it after the workers listen
+        while not (found := re.findall(r"metrics and health on (http://\S+/metrics)", self.log)):
+            assert time.monotonic() < deadline, f"no metrics URL in the server's log:\n{self.log}"
+            time.sleep(0.05)
+        with urllib.request.urlopen(found[-1], timeout=5) as response:
+            text = response.read().decode()
+        samples = (line.rsplit(" ", 1) for line in text.splitlines() if line[:1] not in "#")
+        return {name: float(value) for name, value in samples}
 
 
 @pytest.fixture

@@ -195,6 +195,31 @@ def test_escaped_message_is_capped() -> None:
     assert message.msg.startswith(b" #011#011")
 
 
+# rsyslog's SanitizeMsg at the cap (max 8096): output stops once it has 8093 bytes or more,
+# so only whole `#ooo` escapes are kept and plain bytes after an escape stop at 8093; the bytes
+# before the first control byte but one are copied unchecked. Checked against rsyslogd by the
+# `cap-*` lines of tests/corpus/hostile.jsonl.
+H = b"<14>Jan  5 10:11:12 host01 "
+SANITIZE_AT_CAP = [
+    pytest.param(H + b"capped-tab: " + b"\t" * 3000, 8095, b"#011", id="issue-39-byte-header"),
+    pytest.param(H + b"cap-tab: " + b"\t" * 3000, 8096, b"#011", id="cap-at-escape-end"),
+    pytest.param(H + b"cap-tab1: " + b"\t" * 3000, 8093, b"#011", id="cap-3-bytes-short"),
+    pytest.param(H + b"cap-tab12: " + b"\t" * 3000, 8094, b"#011", id="cap-2-bytes-short"),
+    pytest.param(H + b"\x1b" * 2100, 8095, b"#033", id="esc"),
+    pytest.param(H + b"a:\t" + b"y" * 8062, 8093, b"yyy", id="plain-after-escape"),
+    pytest.param(b"z" * 8095 + b"\t", 8094, b"zzz", id="unchecked-copy-past-limit"),
+    pytest.param(b"\t" + "한".encode() * 2800, 8093, b"\x9c\xed", id="inside-utf8"),
+    pytest.param(b"\t" * 5, 20, b"#011", id="short-message-whole"),
+]
+
+
+@pytest.mark.parametrize(("raw", "length", "tail"), SANITIZE_AT_CAP)
+def test_sanitize_keeps_whole_escapes_at_the_cap(raw: bytes, length: int, tail: bytes) -> None:
+    sanitized = sanitize(raw)
+    assert len(sanitized) == length
+    assert sanitized.endswith(tail)
+
+
 PROGRAMNAMES = [
     (b"su:", b"su"), (b"/usr/sbin/cron[123]:", b""), (b"postfix/smtpd[9912]:", b"postfix"),
     (b"app(with)parens:", b"app(with)parens"), ("한글태그:".encode(), b""), (b"host\xff01", b"host"),

@@ -1,0 +1,100 @@
+"""FileSink on a disk that fills: whole lines only, exact counters, another writer's line never
+cut. A real tmpfs, mounted per test; the only fake is the foreign writer's timing (below)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relay.output import files
+from relay.output.files import FileSink
+
+NAME = "ceelog-10.0.0.1.log"
+
+
+def _line(tag: str, i: int) -> bytes:
+    return json.dumps({"m": f"{tag}-{i}", "pad": "p" * 400}).encode() + b"\n"
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path, leave_bytes: int) -> Path:
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 65536):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    os.truncate(filler, filler.stat().st_size - leave_bytes)
+    return filler
+
+
+def _file_lines(path: Path) -> list[str]:
+    data = path.read_bytes()
+    assert data.endswith(b"\n"), data[-80:]
+    return [json.loads(line)["m"] for line in data.split(b"\n")[:-1]]
+
+
+@pytest.mark.parametrize("sinks", [1, 2], ids=["one-writer", "two-shared-writers"])
+def test_a_full_disk_leaves_whole_lines_and_exact_counts(disk: Path, sinks: int) -> None:
+    writers = [FileSink(disk) if sinks == 1 else FileSink(disk, shared=True) for _ in range(sinks)]
+    filler = _fill(disk, leave_bytes=6 * 4096 + 100)
+    for round_ in range(6):  # interleaved flushes of ~8.6 KB each, the disk fills on the way
+        for w, sink in enumerate(writers):
+            sink.extend(NAME, [_line(f"w{w}r{round_}", i) for i in range(20)])
+            sink.flush()
+    assert sum(s.lines_failed for s in writers) > 0
+    filler.unlink()
+    for w, sink in enumerate(writers):
+        sink.extend(NAME, [_line(f"after{w}", i) for i in range(5)])
+        sink.flush()
+        sink.close()
+    lines = _file_lines(disk / NAME)
+    assert len(lines) == len(set(lines)) == sum(s.lines_written for s in writers)
+    assert sum(s.lines_written + s.lines_failed for s in writers) == sinks * (6 * 20 + 5)
+    assert sum(s.bytes_written for s in writers) == (disk / NAME).stat().st_size
+    assert sum(line.startswith("after") for line in lines) == sinks * 5
+
+
+def test_a_line_another_writer_appended_after_a_short_write_is_never_cut(
+    disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another program appends right after the disk cut our write short (the fake: it does so
+    inside the write call, which real timing only rarely gives): the partial line stays."""
+    sink = FileSink(disk)
+    filler = _fill(disk, leave_bytes=2 * 4096)
+    real_write = os.write
+
+    def write_then_foreign_append(fd: int, data: bytes | memoryview) -> int:
+        written = real_write(fd, data)
+        if written < len(data):
+            os.truncate(filler, filler.stat().st_size - 4096)  # a page comes back, and then
+            with open(disk / NAME, "ab") as other:  # the other program takes it
+                other.write(b"x\n")
+        return written
+
+    monkeypatch.setattr(files.os, "write", write_then_foreign_append)
+    sink.extend(NAME, [_line("mine", i) for i in range(40)])
+    sink.flush()
+    monkeypatch.undo()
+    assert (disk / NAME).read_bytes().endswith(b"x\n")  # not cut
+    assert sink.lines_written + sink.lines_failed == 40
