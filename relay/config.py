@@ -142,8 +142,9 @@ class Route(Base, frozen=True, forbid_unknown_fields=True):
     file: str
     """Output file: relative to output.log_dir, or absolute."""
     template: Literal["ceelog", "msg", "raw"] = "ceelog"
-    """`ceelog` (PLURA's line), `msg` (the bare MSG: nginx's JSON access line), `raw` (the
-    message as received, control bytes escaped)."""
+    """`ceelog` (PLURA's line), `msg` (rsyslog's `%msg%`: the MSG with the space rsyslog keeps
+    after `tag:`, as PLURA's weblog rule writes nginx's access line), `raw` (the message as
+    received, control bytes escaped)."""
     stop: bool = True
     """Matching messages do not go on to later routes nor to their ceelog file."""
     match: RouteMatch = msgspec.field(default_factory=RouteMatch)

@@ -61,6 +61,21 @@ def collector_conf(
     )
 
 
+WEBLOG_TEMPLATE = 'template(name="PluraWebLog" type="string" string="%msg%\\n")\n'
+"""PLURA's weblog template: the bare msg (rsyslog keeps the space after `nginx:`)."""
+
+
+def weblog_rule(log_dir: str = "/var/log/plura") -> str:
+    """PLURA's web-log rule: a tag containing `nginx` -> weblog.log as `%msg%`, then stop."""
+    return (
+        'if ($syslogtag contains "nginx") then {\n'
+        f'  action(type="omfile" file="{log_dir}/weblog.log" template="PluraWebLog" '
+        'fileCreateMode="0640" dirCreateMode="0755")\n'
+        "  stop\n"
+        "}\n"
+    )
+
+
 # PLURA's relay pattern in rsyslog (MISSION: "Origin IP through NAT"), both ends, as the
 # rsyslog.d/ files and tests/differential/test_relay_interop.py use them.
 

@@ -107,9 +107,8 @@ def render_for_route(
 ) -> bytes:
     """One line of a route's file."""
     if template == "msg":
-        # the MSG as the sender wrote it: without the space rsyslog keeps after `tag:`
-        msg = message.msg[1:] if message.msg.startswith(b" ") else message.msg
-        return msg + b"\n"
+        # rsyslog's "%msg%\n" (PLURA's weblog rule): the space rsyslog keeps after `tag:` stays
+        return message.msg + b"\n"
     if template == "raw":
         return sanitize(message.raw) + b"\n"
     return cee.render_at(message, timegenerated)

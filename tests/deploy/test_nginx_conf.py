@@ -3,9 +3,11 @@
 - `nginx -t` accepts plura.conf and the example server in the http {} context of a stock-like
   nginx.conf once ${NODE_IP} is substituted (and refuses the unsubstituted template);
 - a real nginx on 127.0.0.1 sends one syslog datagram per request to a UDP socket bound here:
-  `<190>TIMESTAMP HOST nginx: {json}`, the JSON parses, has every mod_plura field, and holds
-  the POST body (the example server proxies, so nginx reads the body; a body larger than
-  client_body_buffer_size goes to a file and is logged as "", as plura.conf says).
+  `<190>TIMESTAMP HOST nginx: {...}`, PLURA's mod_plura object with exactly its keys in its
+  order, nginx's default escaping, and the POST body (the example server proxies, so nginx
+  reads the body; a body larger than client_body_buffer_size goes to a file and is logged as
+  "-", as plura.conf says);
+- tests/deploy/test_nginx_weblog.py runs nginx, plura-relay and rsyslogd together.
 """
 
 from __future__ import annotations
@@ -23,17 +25,13 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.conftest import NGINX_CONF, nginx_command, write_nginx_conf
+from tests.mod_plura import FIELDS, parse_mod_plura
 from tests.rsyslogd import free_port, stop_process
 
 PLURA_CONF = NGINX_CONF / "plura.conf"
 SERVER_CONF = NGINX_CONF / "plura-server.example.conf"
 SYSLOG_TARGET = "syslog:server=${NODE_IP}:514,"
-FIELDS = (
-    "remote_addr", "x_forwarded_for", "host", "time_local", "request_time", "request", "method",
-    "uri", "referer", "user_agent", "cookie", "content_type", "content_length", "request_body",
-    "status", "cache_control", "transfer_encoding", "resp_content_type", "resp_content_length",
-)  # fmt: skip
-SYSLOG_LINE = re.compile(rb"<190>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ nginx: (\{.*\})")
+SYSLOG_LINE = re.compile(rb"<190>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ nginx: (\{.*\})", re.S)
 TIMEOUT_S = 10.0
 
 
@@ -153,7 +151,7 @@ def request_and_log(
     datagram = syslog_socket.recv(65536)
     match = SYSLOG_LINE.fullmatch(datagram)
     assert match, datagram
-    return answer, json.loads(match[1])
+    return answer, parse_mod_plura(match[1])
 
 
 JSON_BODY = json.dumps(
@@ -167,7 +165,7 @@ POSTS = [
         "user=admin&pass=%27+or+1%3D1--", id="form",
     ),
     pytest.param(b"\x01\x02tab\there", "application/octet-stream", "\x01\x02tab\there", id="control-bytes"),
-    pytest.param(b"x" * 40000, "text/plain", "", id="over-client_body_buffer_size"),
+    pytest.param(b"x" * 40000, "text/plain", "-", id="over-client_body_buffer_size"),
 ]  # fmt: skip
 
 
@@ -181,15 +179,16 @@ def test_nginx_logs_post_body_as_syslog(
     answer, log = request_and_log(site, syslog_socket, request)
     assert answer == b"ok\n"  # the stand-in application answered: the body went through
     assert tuple(log) == FIELDS
-    assert log["request_body"] == logged_body
-    assert log["method"] == "POST"
-    assert log["uri"] == "/api/v1/comments?draft=1"
-    assert log["request"] == "POST /api/v1/comments?draft=1 HTTP/1.1"
-    assert log["content_type"] == content_type
-    assert log["content_length"] == str(len(body))
-    assert log["status"] == "200"
-    assert log["resp_content_type"] == "text/plain"
-    assert log["resp_content_length"] == "3"
+    assert log["Post-body"] == logged_body
+    assert log["Method"] == "POST"
+    assert log["Uri"] == "/api/v1/comments"
+    assert log["Request"] == "POST /api/v1/comments?draft=1 HTTP/1.1"
+    assert log["Req-Content-Type"] == content_type
+    assert log["Req-Content-Length"] == str(len(body))
+    assert log["Status"] == "200"
+    assert log["Resp-Content-Type"] == "text/plain"
+    assert log["Resp-Content-Length"] == "3"
+    assert re.fullmatch(r"Nginx/5\.5\.0\(\d+\.\d+\.\d+\)", log["ModPlura-version"])
 
 
 def test_nginx_logs_request_headers(site: Site, syslog_socket: socket.socket) -> None:
@@ -204,16 +203,18 @@ def test_nginx_logs_request_headers(site: Site, syslog_socket: socket.socket) ->
     for name, value in headers.items():
         request.add_header(name, value)
     _, log = request_and_log(site, syslog_socket, request)
-    assert log["remote_addr"] == "127.0.0.1"
-    assert log["host"] == "shop.example.co.kr"
-    assert log["x_forwarded_for"] == "203.0.113.54"
-    assert log["referer"] == "https://shop.example.co.kr/"
-    assert log["user_agent"] == 'Mozilla/5.0 "quoted"'
-    assert log["cookie"] == "session=abc; lang=ko"
-    assert log["method"] == "GET"
-    assert log["request_body"] == ""
-    assert float(log["request_time"]) >= 0
-    assert re.fullmatch(r"\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}", log["time_local"])
+    assert tuple(log) == FIELDS
+    assert log["Remote-addr"] == "127.0.0.1"
+    assert log["Host"] == "shop.example.co.kr"
+    assert log["X-forwarded-for"] == "203.0.113.54"
+    assert log["Referer"] == "https://shop.example.co.kr/"
+    assert log["User-Agent"] == 'Mozilla/5.0 "quoted"'
+    assert log["Cookie"] == "session=abc; lang=ko"
+    assert log["Method"] == "GET"
+    assert log["Post-body"] == "-"
+    assert log["Req-Content-Length"] == "-"
+    assert abs(float(log["Request-msec"]) - time.time()) < 60
+    assert re.fullmatch(r"\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}", log["Request-date"])
 
 
 def test_return_alone_does_not_read_the_body(
@@ -240,5 +241,5 @@ def test_return_alone_does_not_read_the_body(
     finally:
         stop_process(proc)
     assert answer == b"ok\n"
-    assert log["content_length"] == str(len(JSON_BODY))
-    assert log["request_body"] == ""
+    assert log["Req-Content-Length"] == str(len(JSON_BODY))
+    assert log["Post-body"] == "-"

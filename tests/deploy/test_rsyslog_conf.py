@@ -26,9 +26,11 @@ import pytest
 from relay.node.podconf import NODE_IP_PLACEHOLDER, pod_snippet
 from relay.node.rsyslog_conf import (
     CEE_TEMPLATE,
+    WEBLOG_TEMPLATE,
     collector_conf,
     origip_collector_rules,
     origip_relay_conf,
+    weblog_rule,
 )
 from tests.deploy.conftest import RSYSLOG_D
 from tests.rsyslogd import (
@@ -418,6 +420,8 @@ def test_collector_template_is_relays() -> None:
     for line in collector_conf("/var/log/plura").splitlines():
         if line.startswith(('template(name="CeeLogFile"', 'action(type="omfile"')):
             assert line in lines, f"collector-plura.conf lacks {line!r}"
+    for line in (WEBLOG_TEMPLATE + weblog_rule()).splitlines():
+        assert line.strip() in lines, f"collector-plura.conf lacks {line!r}"
 
 
 NGINX_JSON = (
@@ -452,7 +456,8 @@ def test_collector_files_weblog_and_ceelog(rsyslogd: str, tmp_path: Path) -> Non
         ceelog = read_lines(log_dir / FILES["ceelog"])
     finally:
         stop_process(proc)
-    assert weblog == [NGINX_JSON.encode() + b"\n", b" two spaces\n"]  # one space taken off
+    # PLURA's rule writes %msg%: the space rsyslog keeps after "nginx:" is in the line
+    assert weblog == [b" " + NGINX_JSON.encode() + b"\n", b"  two spaces\n"]
     assert json.loads(weblog[0])["request_body"] == '{"user":"홍길동"}'
     fields = [parse_ceelog_line(line) for line in ceelog]
     assert [f["syslogtag"] for f in fields] == [b"sshd[12]:", b"app:"]

@@ -39,6 +39,7 @@ from tests.e2e.topology import (
     stop,
     wait_until,
 )
+from tests.mod_plura import FIELDS, parse_mod_plura
 
 pytestmark = pytest.mark.slow
 
@@ -359,12 +360,16 @@ def check_ceelogs(log_dir: Path) -> None:
 
 def check_weblog(log_dir: Path) -> None:
     assert not (log_dir / f"ceelog-{WEB_POD.address}.log").exists(), "nginx route did not stop"
-    weblog = (log_dir / "weblog.log").read_text().splitlines()
+    weblog = (log_dir / "weblog.log").read_bytes().splitlines()
     assert len(weblog) == 1, weblog
-    access = json.loads(weblog[0])
-    assert access["request_body"] == POST_BODY, access
-    assert (access["method"], access["uri"]) == ("POST", "/api/login?lang=ko"), access
-    assert access["remote_addr"] == CLIENT_POD.address, access
+    # rsyslog's `%msg%`: the space after `nginx:` stays, then PLURA's mod_plura object
+    assert weblog[0].startswith(b" {"), weblog
+    access = parse_mod_plura(weblog[0][1:])
+    assert tuple(access) == FIELDS, access
+    assert access["Post-body"] == POST_BODY, access
+    assert (access["Method"], access["Uri"]) == ("POST", "/api/login"), access
+    assert access["Request"].startswith("POST /api/login?lang=ko "), access
+    assert access["Remote-addr"] == CLIENT_POD.address, access
 
 
 def check_children(state_dir: Path) -> None:

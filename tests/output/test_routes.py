@@ -81,7 +81,9 @@ def test_nginx_access_line_goes_bare_to_weblog_and_not_to_ceelog(shape: str) -> 
     Pipeline(sink, routes=[NGINX]).handle_batch(
         [frame, b"<14>Nov 26 21:00:02 web-1 app: other"], "10.244.2.8", 1.0
     )
-    assert sink.files["weblog.log"] == [ACCESS + b"\n"]
+    # rsyslog's %msg%: RFC 3164 keeps the space after `nginx:`, RFC 5424 has none
+    space = b"" if shape == "5424" else b" "
+    assert sink.files["weblog.log"] == [space + ACCESS + b"\n"]
     assert json.loads(sink.files["weblog.log"][0])["request_body"] == '{"a":1}'
     [other] = sink.files["ceelog-10.244.2.8.log"]
     assert b'"msg":" other"' in other
