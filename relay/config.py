@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 from pathlib import Path
+from string import Formatter
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -135,16 +136,32 @@ class RouteMatch(Base, frozen=True, forbid_unknown_fields=True):
     severity_max: Annotated[int, msgspec.Meta(ge=0, le=7)] | None = None
     """Severities 0 (emerg) up to this one (6 = info and more important)."""
     source_cidrs: list[str] = msgspec.field(default_factory=list)
+    msg_contains: list[Annotated[str, msgspec.Meta(min_length=1)]] = msgspec.field(
+        default_factory=list
+    )
+    """The msg contains any of these (rsyslog's `$msg contains`); routes only."""
+
+
+ROUTE_FILE_PLACEHOLDERS = ("ip",)
+"""What `{...}` a route's file name may hold: `{ip}` the sender (socket or trusted origin)."""
+ProgramName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
 class Route(Base, frozen=True, forbid_unknown_fields=True):
     name: str
-    file: str
-    """Output file: relative to output.log_dir, or absolute."""
-    template: Literal["ceelog", "msg", "raw"] = "ceelog"
+    file: str = ""
+    """Output file: relative to output.log_dir, or absolute; `{ip}` is the sender's address
+    (rsyslog's dynaFile with %FROMHOST-IP%). Required unless `action = "drop"`."""
+    action: Literal["write", "drop"] = "write"
+    """`drop`: matching messages go nowhere (no file, no later route, no forward target)."""
+    set_programname: ProgramName | None = None
+    """With `template = "ceelog"`: programname written as this constant (PLURA's SECUi and
+    SNIPER rules)."""
+    template: Literal["ceelog", "msg", "raw", "plain", "traditional", "ceelog-compact"] = "ceelog"
     """`ceelog` (PLURA's line), `msg` (rsyslog's `%msg%`: the MSG with the space rsyslog keeps
     after `tag:`, as PLURA's weblog rule writes nginx's access line), `raw` (the message as
-    received, control bytes escaped)."""
+    received, control bytes escaped), `plain` (`%HOSTNAME% %syslogtag% %msg%`), `traditional`
+    (RSYSLOG_TraditionalFileFormat), `ceelog-compact` (PLURA's older CEE string template)."""
     stop: bool = True
     """Matching messages do not go on to later routes nor to their ceelog file."""
     match: RouteMatch = msgspec.field(default_factory=RouteMatch)
@@ -308,12 +325,32 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     _check_tls_listeners(config.listen.tls, where)
     _check_forwards(config.forward, where)
     for index, route in enumerate(config.route):
-        for cidr in route.match.source_cidrs:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError as exc:
-                raise ConfigError(f"{where}route[{index}].match.source_cidrs: {exc}") from exc
+        _check_route(route, f"{where}route[{index}]")
     return config
+
+
+def _check_route(route: Route, where: str) -> None:
+    for cidr in route.match.source_cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.match.source_cidrs: {exc}") from exc
+    if route.action == "write" and not route.file:
+        raise ConfigError(f'{where}.file: expected a file name (or action = "drop")')
+    if route.action == "drop" and route.file:
+        raise ConfigError(f"{where}.file: a drop route writes no file")
+    if route.set_programname is not None and route.template != "ceelog":
+        raise ConfigError(f'{where}.set_programname: only with template = "ceelog"')
+    known = ", ".join(f"{{{name}}}" for name in ROUTE_FILE_PLACEHOLDERS)
+    try:
+        parts = list(Formatter().parse(route.file))
+    except ValueError as exc:
+        raise ConfigError(f"{where}.file: {exc} (a literal brace is written {{{{ or }}}})") from exc
+    for _, field, spec, conversion in parts:
+        if field is not None and (field not in ROUTE_FILE_PLACEHOLDERS or spec or conversion):
+            raise ConfigError(
+                f"{where}.file: unknown placeholder in {route.file!r}, expecting {known}"
+            )
 
 
 def _check_tls_listeners(tls: ListenTls, where: str) -> None:
@@ -337,6 +374,8 @@ def _check_forwards(forwards: list[Forward], where: str) -> None:
             raise ConfigError(f"{where}forward[{index}].host: expected an address or name")
         if bool(forward.tls.cert_file) != bool(forward.tls.key_file):
             raise ConfigError(f"{where}forward[{index}].tls: cert_file and key_file go together")
+        if forward.match.msg_contains:
+            raise ConfigError(f"{where}forward[{index}].match.msg_contains: routes only")
         for cidr in forward.match.source_cidrs:
             try:
                 ipaddress.ip_network(cidr, strict=False)

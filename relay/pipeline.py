@@ -15,7 +15,7 @@ from relay.config import Route
 from relay.forward.origin import origin_from_sd, split_origin
 from relay.ingest.limits import Admission, SourceFilter
 from relay.message import Offered, SyslogMessage
-from relay.output.routes import NO_ROUTE, Router, render_for_route
+from relay.output.routes import NO_ROUTE, Outcome, Router, render_for_route
 from relay.output.template import LINE_END, LINE_START, CeeTemplate, escape
 from relay.parse import MAX_MESSAGE_BYTES, parse
 from relay.parse.fast import CONTROL_BYTES, PRI_VALUES, RFC3164_HEADER
@@ -157,21 +157,23 @@ class Pipeline:
                 if len(tag) <= TAG_MAX_BYTES:
                     hostname, pri = host, PRI_VALUES[pri_text]
                     key = (program, host, tag, pri)
-                    if offered is not None:
-                        offered.append((frame, len(frame) - len(body), tag, program, pri))
                     if router is None or router.decide(program, tag, pri, peer) is NO_ROUTE:
+                        if offered is not None:
+                            offered.append((frame, len(frame) - len(body), tag, program, pri))
                         add_head(headers.get(key) or header_for(key))
                         add_body(body)
                         continue
-            self.general += 1
+            self.general += 1  # (or a route claims it: routes need the whole message)
             message = self._parse(frame, peer, received_at)
             hostname = message.hostname
+            outcome = None if router is None else self._route(router, message, peer, timegenerated)
+            if outcome is not None and outcome.dropped:
+                continue
             if offered is not None:
                 offered.append(message)
-            if router is not None and self._route(router, message, peer, timegenerated):
-                continue
-            add_head(template.middle(message))
-            add_body(b"")
+            if outcome is None or outcome.ceelog:
+                add_head(template.middle(message))
+                add_body(b"")
         if forward is not None and offered:
             forward.take(offered, peer, received_at, lossless, self._parse)
         name = self._names.get(peer) or self._admit(peer, received_at)
@@ -182,6 +184,14 @@ class Pipeline:
             self.overflow += len(frames)
         elif self._observer is not None and frames:
             self._observer.observe(peer, hostname, received_at, len(frames))
+
+    def route_dropped(self) -> dict[str, int]:
+        """Per route name: messages its `action = "drop"` took (drop routes only)."""
+        router = self._router
+        if router is None:
+            return {}
+        return {name: n for name, n, drops in zip(router.names, router.dropped, router.drops,
+                                                  strict=True) if drops}  # fmt: skip
 
     def _relayed(self, peer: str) -> bool:
         relayed = self._is_relay.get(peer)
@@ -212,28 +222,28 @@ class Pipeline:
                 self.origin_stamped += 1
                 source, via = origin, relay
                 message = msgspec.structs.replace(message, msg=msg, peer=origin)
-            if offered is not None:  # a relay behind a relay: the origin goes on
-                offered.append(message)
             self.received += 1
             name = self._names.get(source) or self._admit(source, received_at)
-            if self._router is not None and self._route(
-                self._router, message, source, timegenerated
-            ):
-                pass
-            else:
+            outcome = None
+            if self._router is not None:
+                outcome = self._route(self._router, message, source, timegenerated)
+            if offered is not None and not (outcome and outcome.dropped):
+                offered.append(message)  # a relay behind a relay: the origin goes on
+            if outcome is None or outcome.ceelog:
                 self._sink.append(name, self._template.render_at(message, timegenerated))
             if name is OVERFLOW_NAME:
                 self.overflow += 1
             elif self._observer is not None:
                 self._observer.observe(source, message.hostname, received_at, 1, via)
 
-    def _route(self, router: Router, message: SyslogMessage, peer: str, at: bytes) -> bool:
-        """Write `message` to the files of the routes it matches; True if one of them stops."""
-        decision = router.decide(message.programname, message.syslogtag, message.pri, peer)
-        for target in decision.targets:
-            line = render_for_route(target.template, message, at, self._template)
-            self._sink.append(target.name, line)
-        return not decision.ceelog
+    def _route(self, router: Router, message: SyslogMessage, source: str, at: bytes) -> Outcome:
+        """Write `message` to the files of the routes it matches (`source`: the sender, or the
+        trusted origin, for `{ip}`); the outcome says whether it goes on."""
+        outcome = router.route(message, source)
+        for target in outcome.targets:
+            line = render_for_route(target, message, at, self._template)
+            self._sink.append(target.name(source), line)
+        return outcome
 
     def _parse(self, frame: bytes, peer: str, received_at: float) -> SyslogMessage:
         return parse(

@@ -126,6 +126,35 @@ BAD = [
     pytest.param(
         "[listen.tls]\nrequire_client_cert = true\n", "expected client_ca_file", id="mtls-ca"
     ),
+    pytest.param("[[route]]\nname = 'r'\n", "route[0].file: expected a file name", id="route-file"),
+    pytest.param(
+        "[[route]]\nname = 'r'\nfile = 'a-{pod}.log'\n",
+        "route[0].file: unknown placeholder in 'a-{pod}.log', expecting {ip}",
+        id="route-placeholder",
+    ),
+    pytest.param(
+        "[[route]]\nname = 'r'\nfile = 'a-{ip.log'\n", "route[0].file: ", id="route-brace"
+    ),
+    pytest.param(
+        "[[route]]\nname = 'r'\nfile = 'x'\naction = 'drop'\n",
+        "route[0].file: a drop route writes no file",
+        id="route-drop-file",
+    ),
+    pytest.param(
+        "[[route]]\nname = 'r'\nfile = 'x'\ntemplate = 'plain'\nset_programname = 'SECUi'\n",
+        "route[0].set_programname: only with template",
+        id="route-programname-template",
+    ),
+    pytest.param(
+        "[[route]]\nname = 'r'\nfile = 'x'\nset_programname = 'a b'\n",
+        "$.route[0].set_programname",
+        id="route-programname-chars",
+    ),
+    pytest.param(
+        "[[forward]]\nname = 'a'\nhost = 'x'\n[forward.match]\nmsg_contains = ['x']\n",
+        "forward[0].match.msg_contains: routes only",
+        id="forward-msg-contains",
+    ),
 ]
 
 

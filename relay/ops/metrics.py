@@ -107,6 +107,18 @@ def _forward_metrics(values: dict[str, float]) -> Iterator[Metric]:
     yield from families.values()
 
 
+def _route_metrics(values: dict[str, float]) -> Iterator[Metric]:
+    """`route_dropped|<route>` -> plura_relay_route_dropped_total{route}."""
+    keys = [key for key in values if key.startswith("route_dropped|")]
+    if keys:
+        family = CounterMetricFamily(
+            _PREFIX + "route_dropped", "Messages a drop route took", labels=["route"]
+        )
+        for key in keys:
+            family.add_metric([key.partition("|")[2]], values[key])
+        yield family
+
+
 class RelayCollector(Collector):
     def __init__(self, stats: Stats) -> None:
         self._stats = stats
@@ -130,6 +142,7 @@ class RelayCollector(Collector):
                 families[name] = gauge
         yield from families.values()
         yield from _forward_metrics(values)
+        yield from _route_metrics(values)
 
 
 class HealthServer:

@@ -1,37 +1,95 @@
 """`[[route]]` rules: which messages go to which extra file, with which template.
 
-A route matches on programname / syslogtag (equals or contains), facility, severity and source
-network; a matching message is written to the route's file with its template and, if the route
-says `stop`, goes no further (no later route, no ceelog file). The decision depends only on
-(programname, syslogtag, pri, source), so it is cached.
+A route matches on programname / syslogtag (equals or contains), facility, severity, source
+network and text in msg; a matching message is written to the route's file (its name may hold
+the sender, `{ip}`) with its template and, if the route says `stop`, goes no further (no later
+route, no ceelog file); a drop route takes it out altogether. Which routes the header selects
+depends only on (programname, syslogtag, pri, source), so it is cached; msg conditions are
+checked per message after that.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from string import Formatter
 from typing import Generic, NamedTuple, TypeVar
 
 from relay.config import Route, RouteMatch
 from relay.message import SyslogMessage
-from relay.output.template import CeeTemplate
+from relay.output.template import (
+    CeeTemplate,
+    render_compact,
+    render_plain,
+    render_traditional,
+)
 from relay.parse import sanitize
 
 DECISION_CACHE_ENTRIES = 8192
+NAME_CACHE_ENTRIES = 4096
 T = TypeVar("T")
 
 
+class FileName:
+    """A route's file name, its `{...}` placeholders filled in per message.
+
+    `{ip}` is the only one today; a placeholder is a name in `config.ROUTE_FILE_PLACEHOLDERS`
+    and a key of the `values` given to `expand`, so another one (the pod behind the address)
+    is one more key. Values must be safe in a path: `{ip}` is a checked IP address.
+    """
+
+    __slots__ = ("_cache", "_parts", "fields", "static")
+
+    def __init__(self, pattern: str) -> None:
+        self._parts = [(literal, field) for literal, field, _, _ in Formatter().parse(pattern)]
+        self.fields = tuple(dict.fromkeys(f for _, f in self._parts if f is not None))
+        self.static = None if self.fields else "".join(literal for literal, _ in self._parts)
+        self._cache: dict[tuple[str, ...], str] = {}
+
+    def expand(self, values: Mapping[str, str]) -> str:
+        if self.static is not None:
+            return self.static
+        key = tuple(values[field] for field in self.fields)
+        name = self._cache.get(key)
+        if name is None:
+            name = "".join(literal + (values[f] if f else "") for literal, f in self._parts)
+            if len(self._cache) >= NAME_CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[key] = name
+        return name
+
+    def __repr__(self) -> str:
+        return f"FileName({''.join(lit + (f'{{{f}}}' if f else '') for lit, f in self._parts)!r})"
+
+
 class Target(NamedTuple):
-    name: str  # file name for the sink: relative to the log dir, or absolute
-    template: str  # "ceelog" | "msg" | "raw"
+    file: FileName  # for the sink: relative to the log dir, or absolute
+    template: str  # see config.Route.template
+    programname: bytes | None = None  # set_programname (template "ceelog")
+
+    def name(self, source: str) -> str:
+        return self.file.expand({"ip": source})
 
 
-class Decision(NamedTuple):
-    targets: tuple[Target, ...]
+class Step(NamedTuple):
+    """One route whose conditions on (programname, syslogtag, pri, source) hold."""
+
+    route: int  # index in the routes, for its counters
+    target: Target | None  # None: the route drops
+    needles: tuple[bytes, ...]  # msg_contains: any of them in msg (empty: no condition)
+    stop: bool
+
+
+Decision = tuple[Step, ...]
+NO_ROUTE: Decision = ()
+
+
+class Outcome(NamedTuple):
+    targets: list[Target]
     ceelog: bool  # also write the ceelog-<ip>.log line
+    dropped: bool  # a drop route took it: no file, no forward target
 
 
-NO_ROUTE = Decision((), True)
 DecisionKey = tuple[bytes, bytes, int, str]
 
 
@@ -62,10 +120,16 @@ class Matcher:
 
 
 class _Rule(Matcher):
-    def __init__(self, route: Route) -> None:
+    def __init__(self, index: int, route: Route) -> None:
         super().__init__(route.match)
-        self.route = route
-        self.target = Target(route.file, route.template)
+        target = None
+        if route.action == "write":
+            fixed = route.set_programname
+            target = Target(
+                FileName(route.file), route.template, None if fixed is None else fixed.encode()
+            )
+        needles = tuple(text.encode() for text in route.match.msg_contains)
+        self.step = Step(index, target, needles, route.stop or target is None)
 
 
 class Decisions(Generic[T]):
@@ -88,29 +152,58 @@ class Decisions(Generic[T]):
 
 
 class Router:
+    """The routes in order. `decide` (cached) gives the routes a message's header selects;
+    `route` then applies their msg conditions: the first drop or `stop` ends it."""
+
     def __init__(self, routes: Sequence[Route]) -> None:
-        self._rules = [_Rule(route) for route in routes]
+        self._rules = [_Rule(index, route) for index, route in enumerate(routes)]
+        self.names = [route.name for route in routes]
+        self.dropped = [0] * len(routes)  # per route: messages a drop route took
+        self.drops = [route.action == "drop" for route in routes]
         self.decide = Decisions(self._decide).get  # a bound method: the cheapest call
 
     def _decide(self, programname: bytes, syslogtag: bytes, pri: int, peer: str) -> Decision:
-        targets = []
+        steps = []
         for rule in self._rules:
             if rule.matches(programname, syslogtag, pri, peer):
-                targets.append(rule.target)
-                if rule.route.stop:
-                    return Decision(tuple(targets), False)
-        return Decision(tuple(targets), True) if targets else NO_ROUTE
+                steps.append(rule.step)
+                if rule.step.stop and not rule.step.needles:
+                    break  # nothing after an unconditional stop can apply
+        return tuple(steps) if steps else NO_ROUTE
+
+    def route(self, message: SyslogMessage, source: str) -> Outcome:
+        targets: list[Target] = []
+        msg = message.msg
+        for step in self.decide(message.programname, message.syslogtag, message.pri, source):
+            if step.needles and not any(needle in msg for needle in step.needles):
+                continue
+            if step.target is None:
+                self.dropped[step.route] += 1
+                return Outcome([], False, True)
+            targets.append(step.target)
+            if step.stop:
+                return Outcome(targets, False, False)
+        return Outcome(targets, True, False)
 
 
 def render_for_route(
-    template: str, message: SyslogMessage, timegenerated: bytes, cee: CeeTemplate
+    target: Target, message: SyslogMessage, timegenerated: bytes, cee: CeeTemplate
 ) -> bytes:
     """One line of a route's file."""
+    template = target.template
     if template == "msg":
         # rsyslog's "%msg%\n" (PLURA's weblog rule): the space rsyslog keeps after `tag:` stays
         return message.msg + b"\n"
     if template == "raw":
         return sanitize(message.raw) + b"\n"
+    if template == "plain":
+        return render_plain(message)
+    if template == "traditional":
+        return render_traditional(message)
+    if template == "ceelog-compact":
+        return render_compact(message, timegenerated)
+    if target.programname is not None:
+        return cee.render_fixed_programname(message, timegenerated, target.programname)
     return cee.render_at(message, timegenerated)
 
 

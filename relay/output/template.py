@@ -7,6 +7,7 @@ strings; values are escaped only when they contain a byte that needs it.
 
 from __future__ import annotations
 
+import re
 import time
 
 from relay.message import FACILITY_NAMES, INVALID_PRI, SEVERITY_NAMES, SyslogMessage
@@ -83,6 +84,7 @@ HEADER_CACHE_ENTRIES = 4096
 HeaderKey = tuple[bytes, bytes, bytes, int]
 LINE_START = b'{"ceelog": {"timegenerated":"'
 LINE_END = b'"}}\n'
+_PROGRAMNAME_FIELD = b'", "programname":"'
 
 
 class CeeTemplate:
@@ -121,11 +123,23 @@ class CeeTemplate:
         key = (message.programname, message.hostname, message.syslogtag, message.pri)
         return (self.headers.get(key) or self.header(key)) + escape(message.msg)
 
+    def render_fixed_programname(
+        self, message: SyslogMessage, timegenerated: bytes, programname: bytes
+    ) -> bytes:
+        """The ceelog line with programname replaced by a constant: PLURA's copy of the template
+        with `constant(outname="programname" value="..." format="jsonf")`, which rsyslog renders
+        with a space after the colon (`"programname": "SECUi"`)."""
+        key = (message.programname, message.hostname, message.syslogtag, message.pri)
+        header = self.headers.get(key) or self.header(key)
+        rest = header[len(_PROGRAMNAME_FIELD) + len(escape(message.programname)) :]
+        fixed = b'", "programname": "' + escape(programname)
+        return b"".join((LINE_START, timegenerated, fixed, rest, escape(message.msg), LINE_END))
+
     def header(self, key: HeaderKey) -> bytes:
         programname, hostname, syslogtag, pri = key
         header = b"".join(
             (
-                b'", "programname":"',
+                _PROGRAMNAME_FIELD,
                 escape(programname),
                 b'", "hostname":"',
                 escape(hostname),
@@ -139,3 +153,74 @@ class CeeTemplate:
             self.headers.clear()  # hostile variety: start over rather than grow
         self.headers[key] = header
         return header
+
+
+# --------------------------------------------------------------------------- other templates
+
+_MONTH_NAMES: tuple[bytes, ...] = (
+    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun",
+    b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
+)  # fmt: skip
+_MONTHS = {name.lower(): number for number, name in enumerate(_MONTH_NAMES, start=1)}
+_RFC3339_FIELDS = re.compile(rb"\d+-(\d+)-(\d+)T(\d+):(\d+):(\d+)")
+_BSD_FIELDS = re.compile(rb"(?:\d+ )?([A-Za-z]{3})  ?(\d+) (?:\d+ )?(\d+):(\d+):(\d+)")
+
+
+def rfc3164_timestamp(timestamp: bytes, received_at: float) -> bytes:
+    """rsyslog's `%TIMESTAMP%`: timereported as `Mmm dd hh:mm:ss` (day padded with a space).
+
+    The fields are the sender's, as written (an RFC 5424 offset is not applied, its year and
+    fraction are dropped); a message without a valid timestamp has the reception time, local.
+    """
+    if timestamp[:1].isdigit() and (fields := _RFC3339_FIELDS.match(timestamp)) is not None:
+        month, day, hour, minute, second = (int(f) for f in fields.groups())
+    elif (bsd := _BSD_FIELDS.match(timestamp)) is not None and bsd[1].lower() in _MONTHS:
+        month = _MONTHS[bsd[1].lower()]
+        day, hour, minute, second = (int(f) for f in bsd.groups()[1:])
+    else:
+        local = time.localtime(int(received_at))
+        month, day = local.tm_mon, local.tm_mday
+        hour, minute, second = local.tm_hour, local.tm_min, local.tm_sec
+    return b"%s %2d %02d:%02d:%02d" % (_MONTH_NAMES[month - 1], day, hour, minute, second)
+
+
+def render_plain(message: SyslogMessage) -> bytes:
+    """`%HOSTNAME% %syslogtag% %msg%\\n` (PLURA's per-sender files)."""
+    return b"%s %s %s\n" % (message.hostname, message.syslogtag, message.msg)
+
+
+def render_traditional(message: SyslogMessage) -> bytes:
+    """RSYSLOG_TraditionalFileFormat: `%TIMESTAMP% %HOSTNAME% %syslogtag%`
+    `%msg:::sp-if-no-1st-sp%%msg:::drop-last-lf%\\n`."""
+    msg = message.msg
+    space = b"" if msg.startswith(b" ") else b" "
+    if msg.endswith(b"\n"):
+        msg = msg[:-1]
+    stamp = rfc3164_timestamp(message.timestamp, message.received_at)
+    return b"%s %s %s%s%s\n" % (stamp, message.hostname, message.syslogtag, space, msg)
+
+
+def render_compact(message: SyslogMessage, timegenerated: bytes) -> bytes:
+    """PLURA's older CEE string template: the ceelog fields without spaces, `:::json` escaping
+    (the same as jsonf's), timegenerated as `date-rfc3339`."""
+    pri = message.pri
+    if pri == INVALID_PRI:
+        values = (b"invld", b"invld.debug", b"invld", b"invld", b"7", b"debug")
+    else:
+        facility, severity = FACILITY_NAMES[pri >> 3], SEVERITY_NAMES[pri & 7]
+        values = (
+            b"%d" % pri, f"{facility}.{severity}".encode(), b"%d" % (pri >> 3),
+            facility.encode(), b"%d" % (pri & 7), severity.encode(),
+        )  # fmt: skip
+    fields = (
+        timegenerated, escape(message.programname), escape(message.hostname),
+        escape(message.syslogtag), *values, escape(message.msg),
+    )  # fmt: skip
+    body = b'","'.join(b'%s":"%s' % pair for pair in zip(_COMPACT_NAMES, fields, strict=True))
+    return b'{"ceelog":{"' + body + b'"}}\n'
+
+
+_COMPACT_NAMES: tuple[bytes, ...] = (
+    b"timegenerated", b"programname", b"hostname", b"syslogtag", b"pri", b"pri-text",
+    b"syslogfacility", b"syslogfacility-text", b"syslogseverity", b"syslogseverity-text", b"msg",
+)  # fmt: skip

@@ -166,6 +166,8 @@ class Server:
             "origin_stamped": pipeline.origin_stamped,
             "origin_invalid": pipeline.origin_invalid,
         }
+        for name, dropped in pipeline.route_dropped().items():
+            stats[f"route_dropped|{name}"] = dropped
         if self.forward is not None:
             stats.update(self.forward.stats())
         parts = [udp.stats() for udp in self.udp] + [tcp.stats() for tcp, _ in self.tcp]

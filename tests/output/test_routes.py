@@ -9,7 +9,8 @@ import msgspec
 import pytest
 
 from relay.config import Route
-from relay.output.routes import NO_ROUTE, Router, Target
+from relay.message import SyslogMessage
+from relay.output.routes import NO_ROUTE, Outcome, Router
 from relay.parse import parse
 from relay.pipeline import Pipeline
 from tests.memory_sink import Lines
@@ -44,27 +45,33 @@ CASES = [
 ]  # fmt: skip
 
 
+def header(program: bytes, tag: bytes, pri: int, msg: bytes = b" hi") -> SyslogMessage:
+    return SyslogMessage(pri, b"h", tag, program, msg, b"", 1.0, "1.2.3.4")
+
+
 @pytest.mark.parametrize(("rule", "program", "tag", "pri", "peer", "matched"), CASES)
 def test_route_matching(
     rule: Route, program: bytes, tag: bytes, pri: int, peer: str, matched: bool
 ) -> None:
-    decision = Router([rule]).decide(program, tag, pri, peer)
-    assert (decision is not NO_ROUTE) == matched
+    router = Router([rule])
+    assert (router.decide(program, tag, pri, peer) is not NO_ROUTE) == matched
+    outcome = router.route(header(program, tag, pri), peer)
     if matched:
-        assert decision.targets == (Target(rule.file, rule.template),)
-        assert decision.ceelog is False  # stop is the default
+        assert [target.name(peer) for target in outcome.targets] == [rule.file]
+        assert [target.template for target in outcome.targets] == [rule.template]
+        assert outcome.ceelog is False  # stop is the default
+    else:
+        assert outcome == Outcome([], True, False)
 
 
 def test_stop_false_continues_to_later_routes_and_ceelog() -> None:
-    first = route(name="copy", file="all.log", stop=False)
+    first = route(name="all", file="all.log", stop=False)
     second = route(name="auth", file="auth.log", match={"facilities": [4]})
     router = Router([first, second])
-    assert router.decide(b"su", b"su:", 34, "1.2.3.4").targets == (
-        Target("all.log", "ceelog"),
-        Target("auth.log", "ceelog"),
-    )
-    assert router.decide(b"su", b"su:", 34, "1.2.3.4").ceelog is False
-    assert router.decide(b"a", b"a:", 13, "1.2.3.4").ceelog is True
+    auth = router.route(header(b"su", b"su:", 34), "1.2.3.4")
+    assert [target.name("1.2.3.4") for target in auth.targets] == ["all.log", "auth.log"]
+    assert auth.ceelog is False
+    assert router.route(header(b"a", b"a:", 13), "1.2.3.4").ceelog is True
 
 
 ACCESS = b'{"remote_addr":"10.244.2.6","request":"POST /api HTTP/1.1","request_body":"{\\"a\\":1}"}'
@@ -103,3 +110,59 @@ def test_raw_and_ceelog_templates() -> None:
     assert sink.files["cee.log"] == expected.files["ceelog-10.0.0.1.log"]
     assert "ceelog-10.0.0.1.log" not in sink.files
     assert parse(frame, received_at=1.0, peer="x").msg == b" tab#011here"
+
+
+class Offers:
+    """Stands in for forward.targets.Forwarders: records what the pipeline offers."""
+
+    def __init__(self) -> None:
+        self.offered: list[Any] = []
+
+    def take(self, offered: list[Any], *_: Any) -> None:
+        self.offered.extend(offered)
+
+
+def test_routed_messages_are_offered_to_forwarding_once_and_dropped_ones_not() -> None:
+    frames = [
+        b"<190>Nov 26 21:00:01 web-1 nginx: " + ACCESS,  # routed (fast-path shape)
+        b"<30>Nov 26 21:00:02 h NetworkManager[8]: do-add-ip6-address x",  # dropped
+        b"<14>Nov 26 21:00:03 h app: other",  # no route
+    ]
+    drop = route(name="noise", file="", action="drop", match={"msg_contains": ["ip6-address"]})
+    sink, offers = Lines(), Offers()
+    pipeline = Pipeline(sink, routes=[NGINX, drop], forward=offers)  # type: ignore[arg-type]
+    pipeline.handle_batch(frames, "10.244.2.8", 1.0)
+    offered = [item if isinstance(item, tuple) else item.raw for item in offers.offered]
+    assert [item[0] if isinstance(item, tuple) else item for item in offered] == [
+        frames[0],
+        frames[2],
+    ]
+    assert pipeline.route_dropped() == {"noise": 1}
+    assert b"ip6" not in b"".join(line for lines in sink.files.values() for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("needles", "msg", "dropped"),
+    [
+        (["a-b"], b" x a-b y", True),
+        (["zz", "a-b"], b" x a-b y", True),  # any of them
+        (["A-B"], b" x a-b y", False),  # as rsyslog's `contains`: case matters
+        (["a-b"], b" x a- b", False),
+    ],
+)
+def test_msg_contains(needles: list[str], msg: bytes, dropped: bool) -> None:
+    router = Router([route(file="", action="drop", match={"msg_contains": needles})])
+    assert router.route(header(b"a", b"a:", 13, msg), "1.2.3.4").dropped is dropped
+    assert router.dropped == [int(dropped)]
+
+
+def test_file_name_placeholder_is_the_source() -> None:
+    rule = route(file="postfix-{ip}.log", template="plain", match={"programname_equals": "x"})
+    sink = Lines()
+    pipeline = Pipeline(sink, routes=[rule])
+    pipeline.handle(b"<13>Nov 26 21:00:01 h x: one", "10.0.0.1", 1.0)
+    pipeline.handle(b"<13>Nov 26 21:00:01 h x: two", "2001:db8::7", 1.0)
+    assert sink.files == {
+        "postfix-10.0.0.1.log": [b"h x:  one\n"],
+        "postfix-2001:db8::7.log": [b"h x:  two\n"],
+    }
