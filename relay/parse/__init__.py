@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from relay.message import DEFAULT_PRI, INVALID_PRI, SyslogMessage
+from relay.parse.compression import inflate
 from relay.parse.fast import PRI_VALUES, RFC3164_HEADER, RFC5424_HEADER, has_control
 from relay.parse.rfc3164 import TAG_MAX_BYTES, parse_rfc3164
 from relay.parse.rfc5424 import parse_rfc5424
@@ -75,7 +76,10 @@ def parse(
     rsyslog_sd: bool = False,
 ) -> SyslogMessage:
     """Parse one frame. `fromhost` is the hostname used when the message carries none
-    (rsyslog's FROMHOST; default: the peer's IP address). `rsyslog_sd`: see parse_rfc5424."""
+    (rsyslog's FROMHOST; default: the peer's IP address). `rsyslog_sd`: see parse_rfc5424.
+    A frame compressed by rsyslog (`z` + zlib) is inflated first, as rsyslog does."""
+    if frame[:1] == b"z":
+        frame = inflate(frame, max_bytes)
     fast = RFC3164_HEADER.match(frame)
     if fast is not None and len(fast[4]) <= TAG_MAX_BYTES and not has_control(frame):
         pri, timestamp, hostname, tag, program = fast.groups()
