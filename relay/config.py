@@ -58,6 +58,9 @@ class ListenConfig(Base, frozen=True, forbid_unknown_fields=True):
     """TCP frames longer than max_message_bytes: keep the first part and count the rest as
     dropped (`truncate`), deliver every part as its own message (`split`, lossless), or split
     as rsyslog does, losing one byte at each cut (`rsyslog`, for comparisons only)."""
+    extra_frame_delimiter: Annotated[int, msgspec.Meta(ge=0, le=255)] | None = None
+    """One more byte that ends a TCP frame as LF does (rsyslog's AddtlFrameDelimiter; 0 for
+    the NUL that Python's SysLogHandler ends its records with). Off by default."""
     drain_timeout_s: PositiveFloat = 1.0
     """At shutdown, how long open TCP connections may still deliver what is in flight."""
     allowed_sources: list[str] = msgspec.field(default_factory=list)
@@ -315,6 +318,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
                 f"{where}listen.addresses: expected HOST:PORT with an IP address, or auto[:PORT]"
                 f" ({exc})"
             ) from exc
+    delimiter = config.listen.extra_frame_delimiter
+    if delimiter is not None and (delimiter == 0x0A or 0x30 <= delimiter <= 0x39):
+        raise ConfigError(
+            f"{where}listen.extra_frame_delimiter: expected a byte other than LF and digits"
+        )
     if config.origin.trust_origip and not config.origin.trusted_sources:
         raise ConfigError(f"{where}origin.trusted_sources: expected the relays' CIDRs")
     for cidr in [*config.listen.allowed_sources, *config.origin.trusted_sources]:

@@ -18,6 +18,10 @@ Oversize frames (longer than `max_msg_bytes`), per `oversize`:
 Whatever the mode, a full buffer is only submitted when the next byte of the frame arrives (as
 rsyslog does), so an octet-counted frame cut short by the end of the connection right at
 `max_msg_bytes` is discarded, and one byte later its first chunk has already been delivered.
+
+`extra_delimiter` is imtcp's AddtlFrameDelimiter: one more byte (e.g. NUL, which Python's
+SysLogHandler ends its TCP records with) that ends an LF-framed frame as LF does; octet-counted
+frames are not affected.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class Framer:
         max_msg_bytes: int = MAX_MSG_BYTES,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         oversize: str = "truncate",
+        extra_delimiter: int | None = None,
     ) -> None:
         if oversize not in OVERSIZE_MODES:
             raise ValueError(f"oversize: expected one of {OVERSIZE_MODES}, got {oversize!r}")
@@ -75,6 +80,13 @@ class Framer:
         self.max_msg_bytes = max_msg_bytes
         self.max_frame_bytes = max_frame_bytes
         self.oversize = oversize
+        # AddtlFrameDelimiter: read as LF inside LF-framed data (None: off)
+        self._extra = None if extra_delimiter is None else bytes([extra_delimiter])
+        self._digit_frame = (
+            _DIGIT_FRAME
+            if self._extra is None
+            else re.compile(b"[\n" + re.escape(self._extra) + b"][0-9]")
+        )
         self.truncated = 0
         self.discarded_bytes = 0
         self.framing_errors = 0
@@ -135,10 +147,13 @@ class Framer:
                 self._state, self._count, self._lost_digits = _IN_COUNT, 0, 0
                 return pos
             self._state = _IN_LF
-        match = _DIGIT_FRAME.search(data, pos)
+        match = self._digit_frame.search(data, pos)
         stop = match.start() + 1 if match else len(data)
         # Slicing all of a bytes object returns it as is: no copy in the common case.
-        parts = data[pos:stop].split(b"\n")
+        chunk = data[pos:stop]
+        if self._extra is not None:
+            chunk = chunk.replace(self._extra, b"\n")
+        parts = chunk.split(b"\n")
         tail = parts.pop()
         if not parts:  # no LF: the current frame goes on
             self._extend_lf(tail, out)
@@ -176,6 +191,9 @@ class Framer:
     def _skip_lf(self, data: bytes, pos: int, out: list[bytes]) -> int:
         """Truncate mode: discard the rest of an oversize LF frame."""
         lf = data.find(b"\n", pos)
+        if self._extra is not None:
+            extra = data.find(self._extra, pos, None if lf < 0 else lf)
+            lf = lf if extra < 0 else extra
         if lf < 0:
             self.discarded_bytes += len(data) - pos
             return len(data)

@@ -272,9 +272,16 @@ class TcpListener:
         self._logged[key] = now
         return True
 
+    extra_frame_delimiter: int | None = None
+    """listen.extra_frame_delimiter (rsyslog's AddtlFrameDelimiter), for new connections."""
+
     def new_framer(self) -> Framer:
         self.accepted += 1
-        return Framer(max_msg_bytes=self.max_message_bytes, oversize=self.oversize)
+        return Framer(
+            max_msg_bytes=self.max_message_bytes,
+            oversize=self.oversize,
+            extra_delimiter=self.extra_frame_delimiter,
+        )
 
     def protocol(self) -> asyncio.Protocol:
         if self.tls is not None:

@@ -288,8 +288,12 @@ def test_truncate_datagram(data: bytes, limit: int, expected: bytes) -> None:
 # -- properties ----------------------------------------------------------------------------------
 
 
-def reference(stream: bytes, *, max_msg: int, max_frame: int, oversize: str) -> list[bytes]:
-    """Byte-at-a-time port of imtcp's processDataRcvd + PrepareClose (8.2302), plus our modes."""
+def reference(
+    stream: bytes, *, max_msg: int, max_frame: int, oversize: str, extra: int = 0x0A
+) -> list[bytes]:
+    """Byte-at-a-time port of imtcp's processDataRcvd + PrepareClose (8.2302), plus our modes.
+
+    `extra`: imtcp's AddtlFrameDelimiter (the default, LF, is the same as none)."""
     out: list[bytes] = []
     msg = bytearray()
     state, octet, count = "start", False, 0
@@ -309,10 +313,10 @@ def reference(stream: bytes, *, max_msg: int, max_frame: int, oversize: str) -> 
             continue
         if state == "skip":  # truncate mode, rest of an oversize frame
             count -= 1
-            if (octet and count == 0) or (not octet and c == 0x0A):
+            if (octet and count == 0) or (not octet and c in (0x0A, extra)):
                 state = "start"
             continue
-        if not octet and c == 0x0A:
+        if not octet and c in (0x0A, extra):
             if msg:
                 out.append(bytes(msg))
             msg.clear()
@@ -396,3 +400,41 @@ def test_truncate_never_exceeds_max_msg_bytes(data: bytes, max_msg: int) -> None
     frames = framer.feed(data) + framer.close()
     assert all(len(frame) <= max_msg for frame in frames)
     assert framer.buffered_bytes == 0
+
+
+# -- listen.extra_frame_delimiter (imtcp's AddtlFrameDelimiter) ----------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    tokens=st.lists(TOKENS, max_size=80),
+    cut_points=st.lists(st.integers(0, 80), max_size=4),
+    max_msg=st.integers(1, 10),
+    mode=st.sampled_from(MODES),
+    extra=st.sampled_from([0x00, 0x20, ord("a")]),
+)
+def test_extra_delimiter_matches_byte_at_a_time_reference(
+    tokens: list[bytes], cut_points: list[int], max_msg: int, mode: str, extra: int
+) -> None:
+    stream = b"".join(tokens)
+    bounds = sorted({0, len(stream), *(min(c, len(stream)) for c in cut_points)})
+    chunks = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+    kwargs: dict[str, object] = {"max_msg_bytes": max_msg, "max_frame_bytes": 25}
+    frames, framer = run(chunks, oversize=mode, extra_delimiter=extra, **kwargs)
+    assert frames == reference(stream, max_msg=max_msg, max_frame=25, oversize=mode, extra=extra)
+    assert framer.buffered_bytes == 0
+
+
+PYTHON_RECORDS = b"<14>app: one\x00<11>app: two\x0014 <13>octet\x00 NUL\x00<14>app: three\n\x00"
+
+
+def test_nul_delimiter_ends_python_sysloghandler_records() -> None:
+    """Python's SysLogHandler over TCP: `<PRI>message` + NUL, no LF. An octet-counted frame
+    keeps its NUL; empty frames (NUL after LF) are dropped."""
+    expected = [b"<14>app: one", b"<11>app: two", b"<13>octet\x00 NUL", b"<14>app: three"]
+    assert run([PYTHON_RECORDS], extra_delimiter=0)[0] == expected
+    for cut in range(1, len(PYTHON_RECORDS)):
+        chunks = [PYTHON_RECORDS[:cut], PYTHON_RECORDS[cut:]]
+        assert run(chunks, extra_delimiter=0)[0] == expected, f"cut at {cut}"
+    # off by default: NUL is data, the records run together up to the LF
+    assert run([PYTHON_RECORDS])[0] == [PYTHON_RECORDS[:-2], b"\x00"]
