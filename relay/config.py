@@ -58,9 +58,9 @@ class ListenConfig(Base, frozen=True, forbid_unknown_fields=True):
     """TCP frames longer than max_message_bytes: keep the first part and count the rest as
     dropped (`truncate`), deliver every part as its own message (`split`, lossless), or split
     as rsyslog does, losing one byte at each cut (`rsyslog`, for comparisons only)."""
-    extra_frame_delimiter: Annotated[int, msgspec.Meta(ge=0, le=255)] | None = None
+    extra_frame_delimiter: Annotated[int, msgspec.Meta(ge=-1, le=255)] = -1
     """One more byte that ends a TCP frame as LF does (rsyslog's AddtlFrameDelimiter; 0 for
-    the NUL that Python's SysLogHandler ends its records with). Off by default."""
+    the NUL that Python's SysLogHandler ends its records with). -1 (default): none."""
     drain_timeout_s: PositiveFloat = 1.0
     """At shutdown, how long open TCP connections may still deliver what is in flight."""
     allowed_sources: list[str] = msgspec.field(default_factory=list)
@@ -319,7 +319,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
                 f" ({exc})"
             ) from exc
     delimiter = config.listen.extra_frame_delimiter
-    if delimiter is not None and (delimiter == 0x0A or 0x30 <= delimiter <= 0x39):
+    if delimiter == 0x0A or 0x30 <= delimiter <= 0x39:
         raise ConfigError(
             f"{where}listen.extra_frame_delimiter: expected a byte other than LF and digits"
         )

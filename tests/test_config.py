@@ -181,3 +181,9 @@ def test_config_is_frozen() -> None:
 )  # fmt: skip
 def test_parse_address(text: str, expected: tuple[str, int]) -> None:
     assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("value", [10, 48, 57, 256, -2])
+def test_extra_frame_delimiter_is_a_byte_but_not_lf_or_a_digit(value: int) -> None:
+    with pytest.raises(ConfigError, match="extra_frame_delimiter"):
+        load_config(None, {"listen.extra_frame_delimiter": value})

@@ -124,7 +124,8 @@ class Server:
                     tls=tls if bound.kind == "tls" else None,
                     tls_handshake_timeout_s=listen.tls.handshake_timeout_s,
                 )
-                tcp.extra_frame_delimiter = listen.extra_frame_delimiter
+                if listen.extra_frame_delimiter >= 0:
+                    tcp.extra_frame_delimiter = listen.extra_frame_delimiter
                 self._tasks.append(loop.create_task(tcp.close_idle_forever()))
                 tcp.server = await loop.create_server(
                     tcp.protocol, sock=bound.sock, backlog=LISTEN_BACKLOG
