@@ -31,7 +31,8 @@ def split_origin(msg: bytes) -> tuple[str | None, bytes, bool]:
 
 # RFC 5424's own `origin` structured-data element, as upstream_format's `rfc5424` puts it
 # first: `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [origin ip="<ip>"]...`
-_SD_ORIGIN = re.compile(rb'<[0-9]{1,3}>1 (?:[^ ]+ ){5}\[origin ip="([^"\s]{1,64})"')
+# (a header field may be empty: a relay keeps an RFC 5424 message's header as received)
+_SD_ORIGIN = re.compile(rb'<[0-9]{1,3}>1 (?:[^ ]* ){5}\[origin ip="([^"\s]{1,64})"')
 
 
 def origin_from_sd(raw: bytes) -> tuple[str | None, bool]:

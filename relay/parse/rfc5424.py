@@ -12,15 +12,23 @@ from relay.parse.timestamp import parse_rfc3339
 class Rfc5424Header:
     """What the RFC 5424 header contributes to the ceelog properties."""
 
-    __slots__ = ("hostname", "msg_offset", "syslogtag", "timestamp")
+    __slots__ = ("hostname", "msg_offset", "sd_offset", "syslogtag", "timestamp")
 
     def __init__(
-        self, hostname: bytes | None, syslogtag: bytes, timestamp: bytes, msg_offset: int
+        self,
+        hostname: bytes | None,
+        syslogtag: bytes,
+        timestamp: bytes,
+        msg_offset: int,
+        sd_offset: int = -1,
     ) -> None:
         self.hostname = hostname
         self.syslogtag = syslogtag
         self.timestamp = timestamp
         self.msg_offset = msg_offset
+        self.sd_offset = sd_offset
+        """Where STRUCTURED-DATA starts (after MSGID and its SP); -1 if the header is not
+        RFC 5424 after all (an invalid timestamp)."""
 
 
 def parse_rfc5424(data: bytes, pos: int, *, rsyslog_sd: bool = False) -> Rfc5424Header:
@@ -42,12 +50,13 @@ def parse_rfc5424(data: bytes, pos: int, *, rsyslog_sd: bool = False) -> Rfc5424
     app_name, pos = _field(data, pos, size)
     procid, pos = _field(data, pos, size)
     _msgid, pos = _field(data, pos, size)
+    sd_offset = pos
     pos = _skip_structured_data(data, pos, size, rsyslog_sd)
     # rsyslog's tag buffer overflows past 511 bytes (stray memory); we keep the whole tag.
     # An empty APP-NAME reads back as "-" in rsyslog, an empty PROCID as "".
     app_name = app_name or b"-"
     tag = app_name if procid == b"-" else b"%s[%s]" % (app_name, procid)
-    return Rfc5424Header(hostname, tag, timestamp, pos)
+    return Rfc5424Header(hostname, tag, timestamp, pos, sd_offset)
 
 
 def _field(data: bytes, pos: int, size: int) -> tuple[bytes, int]:
