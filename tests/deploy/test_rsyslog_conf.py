@@ -7,7 +7,8 @@
 - a real rsyslogd with a pod file forwards info (not debug) over UDP, and octet-counted TCP;
   over TCP, messages sent while nothing listens are kept on disk through a restart;
 - the collector's CEETemplate is relay.node.rsyslog_conf's, and a real rsyslogd with it files nginx
-  messages as bare JSON in weblog.log and everything else in ceelog-<ip>.log.
+  messages as their msg (PLURA's `%msg%` rule) in weblog.log and everything else in
+  ceelog-<ip>.log.
 """
 
 from __future__ import annotations

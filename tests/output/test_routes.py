@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from relay.config import Route
+from relay.ingest.limits import SourceFilter
 from relay.message import SyslogMessage
 from relay.output.routes import NO_ROUTE, Outcome, Router
 from relay.parse import parse
@@ -166,3 +167,12 @@ def test_file_name_placeholder_is_the_source() -> None:
         "postfix-10.0.0.1.log": [b"h x:  one\n"],
         "postfix-2001:db8::7.log": [b"h x:  two\n"],
     }
+
+
+def test_file_name_placeholder_is_the_trusted_origin() -> None:
+    """Behind a relay, `{ip}` is the stamped origin, as the ceelog file name is."""
+    rule = route(file="postfix-{ip}.log", template="plain", match={"programname_equals": "x"})
+    sink = Lines()
+    pipeline = Pipeline(sink, routes=[rule], trusted_relays=SourceFilter(["192.0.2.1/32"]))
+    pipeline.handle(b"<13>Nov 26 21:00:01 h x: [origip=10.0.0.7] hi", "192.0.2.1", 1.0)
+    assert sink.files == {"postfix-10.0.0.7.log": [b"h x:  hi\n"]}
