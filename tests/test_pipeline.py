@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.config import Route, RouteMatch
-from relay.output.routes import render_for_route
+from relay.output.routes import FileName, Target, render_for_route
 from relay.output.template import CeeTemplate
 from relay.parse import parse
 from relay.pipeline import Pipeline, ceelog_name
@@ -104,9 +104,8 @@ def test_any_batch_equals_render_of_parse_per_frame(
             ceelog = True
             for route in routes:
                 if route.match.programname_equals == message.programname.decode("latin-1"):
-                    line = render_for_route(
-                        route.template, message, template.timegenerated(at), template
-                    )
+                    target = Target(FileName(route.file), route.template)
+                    line = render_for_route(target, message, template.timegenerated(at), template)
                     expected.setdefault(route.file, []).append(line)
                     ceelog = not route.stop
                     break
