@@ -1,12 +1,12 @@
 """Disk-backed, append-only, at-least-once queue for one forward target.
 
-Owns one directory: segments `%016d.seg`, whose records are appended in order and never
-rewritten, and `cursor`, the committed position as `"<segment> <offset>\\n"`, replaced
-atomically. A record is `crc32 u32 | length u32 | enqueued_at u32 (s) | messages u32 | payload`,
-little endian; the CRC covers everything after itself, so a torn write or a rotted byte is found
-before it is sent. A record may hold several messages (a forwarder spools each received batch,
-already framed, as one record); counts (`pending_records`, the drop counters, `inspect`) are in
-messages.
+Owns one directory: segments `%016d.seg`, whose records are appended in order, and `cursor`, the
+committed position as `"<segment> <offset>\\n"`, replaced atomically. The record layout is
+relay.forward.spool_disk's: a magic marker, a CRC-32 over the rest, length, time, message count,
+payload; a torn write or a rotted byte is found before it is sent, and the next valid record
+after it is found again by its marker. A record holds up to MAX_RECORD_MESSAGES messages (a
+forwarder spools each received batch, already framed, as a few records); counts
+(`pending_records`, the drop counters, `inspect`) are in messages.
 
 Flow: the receive path `append`s (memory only) and `flush`es once per batch (one write, so a
 SIGKILL after the flush loses nothing); the sender `read`s from its read position, `commit`s what
@@ -15,9 +15,15 @@ what follows it is sent again: at least once, never lost. Every open starts a ne
 segment written by an earlier process is never appended to.
 
 Bad data never stops a start (a crash loop is the one thing that must not happen): at open every
-record after the committed position is checked; from the first bad one on, the rest of that
-segment is set aside in `<segment>.corrupt-<unix time>` and the segment cut there, and the next
-segments are replayed as usual. `read` does the same when data rots while the process runs.
+record after the committed position is checked; damaged bytes (a torn tail, a checksum mismatch,
+a zeroed block) are cut out of the segment up to the next valid record and kept in
+`<segment>.corrupt-<unix time>`, the segment is rewritten without them (a new file renamed over
+it), and every later record is replayed as usual; each skip is logged and counted. `read` does
+the same when data rots while the process runs. A file, directory or link where a segment, the
+cursor or the spool directory itself should be is renamed aside the same way. A segment of the
+old format 1 (no marker) is rewritten in format 2 at open, and its records are sent. Only a
+directory that cannot be created, read or written at all makes the spool unusable
+(SpoolUnusable): the caller runs on without it.
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ from pathlib import Path
 from typing import Literal
 
 from relay.forward.spool_disk import (
-    CORRUPT_MARK,
     COVERED,
     CRC,
     CURSOR_NAME,
@@ -41,15 +46,25 @@ from relay.forward.spool_disk import (
     FILE_MODE,
     HEADER,
     LENGTH,
-    MESSAGES,
+    LENGTH_AT,
+    MAGIC,
+    MAX_RECORD_MESSAGES,
+    MESSAGES_AT,
     OPEN_FLAGS,
     Position,
+    Survey,
+    cut_damage,
     fsync_directory,
+    is_v1,
+    move_aside,
     read_cursor,
+    replace_file,
     resolve_start,
     scan,
     seconds,
     segment_ids,
+    survey,
+    upgrade_v1,
     write_cursor,
     write_new,
 )
@@ -58,9 +73,14 @@ logger = logging.getLogger(__name__)
 
 WARNING_INTERVAL_S = 10.0
 NTH_CACHE_ENTRIES = 4096
+MAX_DAMAGE_LINES = 10  # per segment: a segment of garbage is summed up, not logged per region
 
 OnFull = Literal["block", "drop_oldest", "drop_newest"]
 FsyncPolicy = Literal["never", "interval", "always"]
+
+
+class SpoolUnusable(Exception):
+    """The spool directory cannot be created, read or written at all (the message says why)."""
 
 
 class _Segment:
@@ -149,10 +169,13 @@ class Spool:
         self._drop_log = _Throttle(clock)
         self._error_log = _Throttle(clock)
         self._closed = False
-        self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         self._write_id = 1
         self._persisted: Position | None = None  # what the cursor file says
-        self._committed = self._recover()
+        try:
+            self._prepare_directory()
+            self._committed = self._recover()
+        except OSError as exc:
+            raise SpoolUnusable(f"spool {self.directory}: {exc.strerror or exc}") from exc
         self._committed_nth = 0
         self._read, self._read_nth = self._committed, 0
         self._renormalize()
@@ -163,6 +186,8 @@ class Spool:
         """Queues one record in memory (`flush` writes it); it holds `messages` messages (a
         forwarder stores a whole received batch, already framed, as one record). False: refused
         because the spool is full and `force` is not set (counted in `dropped_newest`)."""
+        if not 0 < messages <= MAX_RECORD_MESSAGES:
+            raise ValueError(f"expecting 1 to {MAX_RECORD_MESSAGES} messages, got {messages}")
         size = HEADER.size + len(payload)
         if self._pending_bytes + size > self.max_bytes and not self._make_room(
             size, force, messages
@@ -170,6 +195,7 @@ class Spool:
             return False
         covered = COVERED.pack(len(payload), seconds(at), messages)
         buffer = self._buffer
+        buffer += MAGIC
         buffer += CRC.pack(zlib.crc32(payload, zlib.crc32(covered)))
         buffer += covered
         buffer += payload
@@ -189,6 +215,7 @@ class Spool:
         buffer, crc32, pack_length, pack_crc = self._buffer, zlib.crc32, LENGTH.pack, CRC.pack
         for payload in payloads:
             covered = pack_length(len(payload)) + at_one
+            buffer += MAGIC
             buffer += pack_crc(crc32(payload, crc32(covered)))
             buffer += covered
             buffer += payload
@@ -251,8 +278,8 @@ class Spool:
                 header = os.pread(fd, HEADER.size, offset)
             finally:
                 os.close(fd)
-            return float(HEADER.unpack(header)[2]) if len(header) == HEADER.size else None
-        return float(HEADER.unpack_from(self._buffer)[2]) if self._buffer else None
+            return float(HEADER.unpack(header)[3]) if len(header) == HEADER.size else None
+        return float(HEADER.unpack_from(self._buffer)[3]) if self._buffer else None
 
     # -- sender side ------------------------------------------------------------------------
     def read(self, max_bytes: int = 256 * 1024) -> tuple[list[bytes], Position]:
@@ -311,16 +338,43 @@ class Spool:
         self._closed = True
 
     # -- recovery ---------------------------------------------------------------------------
+    def _prepare_directory(self) -> None:
+        """Creates the directory; something else in its place is renamed aside first. Raises
+        OSError if it cannot be created or written (the spool is then unusable)."""
+        path = self.directory
+        if (path.exists() or path.is_symlink()) and not path.is_dir():
+            self._problem("%s is not a directory", path, aside=path)
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        probe = path / ".probe"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | OPEN_FLAGS, FILE_MODE))
+        os.unlink(probe)
+        for name in (CURSOR_NAME, f"{CURSOR_NAME}.tmp"):
+            entry = path / name
+            if entry.is_symlink() or (entry.exists() and not entry.is_file()):
+                self._problem("%s is not a regular file", entry, aside=entry)
+
+    def _problem(self, message: str, *args: object, aside: Path | None = None) -> None:
+        """Logs and counts one problem found in the spool; `aside`: rename that path aside."""
+        self.corrupt_events += 1
+        text = message % args
+        if aside is not None:
+            text += f": set aside as {move_aside(aside, self._clock()).name}"
+        logger.warning("spool %s: %s", self.directory, text)
+
     def _recover(self) -> Position:
         """Checks the segments from the cursor on; returns where the committed position is."""
-        ids = segment_ids(self.directory)
+        ids = []
+        for segment_id in segment_ids(self.directory):
+            path = self._path(segment_id)
+            if path.is_symlink() or not path.is_file():
+                self._problem("segment %s is not a regular file", path.name, aside=path)
+            else:
+                ids.append(segment_id)
         cursor, problem = read_cursor(self.directory / CURSOR_NAME)
         start, anomaly = resolve_start(ids, cursor)
         for message in (problem, anomaly):
             if message is not None:
-                logger.warning(
-                    "spool %s: cursor: %s; starting at %s", self.directory, message, start
-                )
+                self._problem("cursor: %s; starting at %s", message, start)
         self._persisted = cursor
         self._write_id = max(ids[-1] + 1 if ids else 1, start.segment)
         for segment_id in ids:
@@ -331,39 +385,70 @@ class Spool:
             else:
                 self._recover_segment(segment_id, 0)
         self._segments[self._write_id] = _Segment()
+        if start != self._persisted and start.offset:
+            self._persisted = None  # an old-format segment moved the offset: save it soon
         return start
 
     def _recover_segment(self, segment_id: int, offset: int) -> int:
-        """Checks one segment from `offset` and cuts off what is bad; returns the offset used."""
-        data = self._path(segment_id).read_bytes()
-        offset = min(offset, len(data))
-        end, count, reason = scan(data, offset)
-        if reason is not None:
-            self._set_aside(segment_id, end, reason)
-        if end == 0:
+        """Checks one segment from `offset`, cuts damaged bytes out and upgrades the old format;
+        returns the offset reading starts at."""
+        path = self._path(segment_id)
+        data = path.read_bytes()
+        if is_v1(data):
+            data, offset = self._upgrade(path, data, offset)
+        if offset > len(data):
+            self._problem(
+                "cursor offset %d is past the end of %s (%d bytes); sending all of it again",
+                offset, path.name, len(data),
+            )  # fmt: skip
+            offset = 0
+        found = survey(data, offset)
+        if found.damage:
+            self._cut(path, data, offset, found)
+        size = offset + sum(end - start for start, end in found.spans)
+        if size == 0:
             self._delete(segment_id)  # empty, and never the last one: a new one is written
         else:
-            self._segments[segment_id] = _Segment(end, count)
+            self._segments[segment_id] = _Segment(size, found.messages)
         return offset
 
-    def _set_aside(self, segment_id: int, offset: int, reason: str) -> None:
-        """Moves the bytes of a segment from `offset` on into `<name>.corrupt-<time>`, kept for
-        inspection, and cuts the segment there, so that it ends with its last good record."""
-        path = self._path(segment_id)
-        with path.open("rb") as source:
-            source.seek(offset)
-            tail = source.read()
-        target = "nothing left to keep"
-        if tail:
-            aside = path.with_name(f"{path.name}{CORRUPT_MARK}{int(self._clock())}")
-            target = write_new(aside, tail).name
-        os.truncate(path, offset)
-        self.corrupt_events += 1
-        self.corrupt_bytes += len(tail)
+    def _upgrade(self, path: Path, data: bytes, offset: int) -> tuple[bytes, int]:
+        """Rewrites a format-1 segment in format 2; returns its new bytes and where `offset`
+        (a record boundary, or the record it falls in: sent again) is now."""
+        upgraded, offsets, dropped = upgrade_v1(data)
+        if dropped:
+            kept = write_new(path.with_name(f"{path.name}.corrupt-{seconds(self._clock())}"),
+                             data[len(data) - dropped :])  # fmt: skip
+            self.corrupt_bytes += dropped
+            self._problem("%s: %d bytes after its last valid old-format record, set aside in %s",
+                          path.name, dropped, kept.name)  # fmt: skip
+        replace_file(path, upgraded, fsync=self.fsync_policy != "never")
         logger.warning(
-            "spool %s: %s at offset %d of %s; set aside %d bytes (%s)",
-            self.directory, reason, offset, path.name, len(tail), target,
+            "spool %s: %s was in the old record format 1: rewritten in format 2, %d records kept",
+            self.directory, path.name, len(offsets) - 1,
         )  # fmt: skip
+        return upgraded, offsets[max(o for o in offsets if o <= offset)]
+
+    def _cut(self, path: Path, data: bytes, start: int, found: Survey) -> None:
+        """Cuts the damaged bytes `found` out of the segment at `path`; logs and counts each."""
+        kept = cut_damage(path, data, start, found, self._clock(),
+                          fsync=self.fsync_policy != "never")  # fmt: skip
+        where = kept.name if kept is not None else "nothing to keep"
+        for n, damage in enumerate(found.damage):
+            self.corrupt_events += 1
+            self.corrupt_bytes += damage.end - damage.offset
+            if n < MAX_DAMAGE_LINES:
+                after = "the next valid record" if damage.end < len(data) else "the end"
+                logger.warning(
+                    "spool %s: %s at offset %d of %s: skipped %d bytes to %s (set aside in %s)",
+                    self.directory, damage.reason, damage.offset, path.name,
+                    damage.end - damage.offset, after, where,
+                )  # fmt: skip
+        if len(found.damage) > MAX_DAMAGE_LINES:
+            logger.warning(
+                "spool %s: %d more damaged regions in %s skipped (set aside in %s)",
+                self.directory, len(found.damage) - MAX_DAMAGE_LINES, path.name, where,
+            )  # fmt: skip
 
     # -- writing ----------------------------------------------------------------------------
     def _make_room(self, size: int, force: bool, messages: int) -> bool:
@@ -409,7 +494,7 @@ class Spool:
     def _write_some(self) -> bool:
         """Writes what of the buffer fits in the current segment (or rolls: False)."""
         segment = self._segments[self._write_id]
-        first = HEADER.size + LENGTH.unpack_from(self._buffer, 4)[0]
+        first = HEADER.size + LENGTH.unpack_from(self._buffer, LENGTH_AT)[0]
         if self._roll_needed or (segment.size and segment.size + first > self.segment_bytes):
             self._roll()
             return False
@@ -435,10 +520,10 @@ class Spool:
             return len(buffer), self._buffer_records
         offset = count = 0
         while offset < len(buffer):
-            end = offset + HEADER.size + LENGTH.unpack_from(buffer, offset + 4)[0]
+            end = offset + HEADER.size + LENGTH.unpack_from(buffer, offset + LENGTH_AT)[0]
             if end > room and offset:
                 break
-            offset, count = end, count + MESSAGES.unpack_from(buffer, offset + 12)[0]
+            offset, count = end, count + LENGTH.unpack_from(buffer, offset + MESSAGES_AT)[0]
         return offset, count
 
     def _cut_back(self, fd: int, size: int) -> None:
@@ -495,7 +580,9 @@ class Spool:
         fd = self._reader(segment_id)
         available = segment.size - offset
         block = os.pread(fd, min(available, max(budget, HEADER.size)), offset)
-        first = HEADER.size + LENGTH.unpack_from(block, 4)[0] if len(block) >= HEADER.size else 0
+        first = 0
+        if len(block) >= HEADER.size:
+            first = HEADER.size + LENGTH.unpack_from(block, LENGTH_AT)[0]
         if first > len(block):
             if payloads:
                 return 0, False  # the next record is over the budget: next time
@@ -511,18 +598,29 @@ class Spool:
         return used, True
 
     def _cut_while_reading(self, segment: _Segment, reason: str) -> None:
-        """Bad data after the start: set the rest of the segment aside, as at open."""
+        """Damage found after the start: cut it out up to the next valid record, as at open
+        (the segment being written is finished first, as its file is replaced)."""
         segment_id, offset = self._read
+        if segment_id == self._write_id:
+            self._roll()
+        path = self._path(segment_id)
+        self._close_reader()  # the file is replaced: read the new one
+        found = Survey([], 0, [])
         try:
-            self._set_aside(segment_id, offset, reason)
+            data = path.read_bytes()[: segment.size]
+            found = survey(data, offset)
+            if found.damage:
+                self._cut(path, data, offset, found)
+            elif len(data) < segment.size:
+                self._problem("%s is shorter than written (%d of %d bytes)",
+                              path.name, len(data), segment.size)  # fmt: skip
         except OSError as exc:
-            self.corrupt_events += 1
-            logger.error(
-                "spool %s: %s at offset %d of segment %d, not set aside (%s); skipping it",
-                self.directory, reason, offset, segment_id, exc,
-            )  # fmt: skip
-        segment.size, segment.records = offset, self._read_nth
-        # positions past the cut may be written again (the segment being written goes on)
+            found = Survey([], 0, [])
+            self._problem("%s at offset %d of %s, not cut out (%s); skipping the rest of it",
+                          reason, offset, path.name, exc)  # fmt: skip
+        segment.size = offset + sum(end - start for start, end in found.spans)
+        segment.records = self._read_nth + found.messages
+        # positions past the damage have moved (or may be written again)
         self._nth = {
             p: n for p, n in self._nth.items() if p.segment != segment_id or p <= self._read
         }
@@ -580,8 +678,8 @@ class Spool:
         data = os.pread(self._reader(segment_id), offset - start, start)
         end = 0
         while end + HEADER.size <= len(data):
-            nth += MESSAGES.unpack_from(data, end + 12)[0]
-            end += HEADER.size + LENGTH.unpack_from(data, end + 4)[0]
+            nth += LENGTH.unpack_from(data, end + MESSAGES_AT)[0]
+            end += HEADER.size + LENGTH.unpack_from(data, end + LENGTH_AT)[0]
         if end != len(data):
             raise ValueError(f"position {position} is not at a record boundary")
         return nth

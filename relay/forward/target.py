@@ -34,7 +34,7 @@ from typing import Any, cast
 from relay.config import Forward
 from relay.forward.origin import origip_stamps
 from relay.forward.spool import Spool
-from relay.forward.spool_disk import Position
+from relay.forward.spool_disk import MAX_RECORD_MESSAGES, Position
 from relay.forward.upstream_format import frame_lf, frame_octet_counted, render, stamp_frame
 from relay.message import Offered, SyslogMessage
 from relay.output.routes import Decisions, Matcher
@@ -176,10 +176,13 @@ class Target:
         if not payloads:
             return
         if self.config.protocol != "udp":
-            # the batch, framed as it goes on the wire, is one spool record: one checksum and
-            # one header per batch, and the sender writes the records as they are
-            framed = self._framing(payloads)
-            self.spool.append(framed, received_at, messages=len(payloads), force=lossless)
+            # the batch, framed as it goes on the wire, is a few spool records of up to
+            # MAX_RECORD_MESSAGES (what damage to one record can cost): one checksum and one
+            # header per record, and the sender writes the records as they are
+            append, framing = self.spool.append, self._framing
+            for start in range(0, len(payloads), MAX_RECORD_MESSAGES):
+                chunk = payloads[start : start + MAX_RECORD_MESSAGES]
+                append(framing(chunk), received_at, messages=len(chunk), force=lossless)
         else:  # a datagram per message
             if max(map(len, payloads)) > MAX_UDP_PAYLOAD:
                 self.too_large += sum(len(p) > MAX_UDP_PAYLOAD for p in payloads)

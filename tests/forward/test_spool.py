@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.forward.spool import Spool
-from relay.forward.spool_disk import HEADER, Position, SpoolStats, inspect
+from relay.forward.spool_disk import HEADER, MAGIC, Position, SpoolStats, inspect
 
 T0 = 1_700_000_000.0
 
@@ -76,7 +76,7 @@ def segment_files(directory: Path) -> list[Path]:
 
 def record(payload: bytes, at: float = T0, messages: int = 1) -> bytes:
     covered = struct.pack("<III", len(payload), int(at), messages)
-    return struct.pack("<I", zlib.crc32(covered + payload)) + covered + payload
+    return MAGIC + struct.pack("<I", zlib.crc32(covered + payload)) + covered + payload
 
 
 # -- order and delivery ----------------------------------------------------------------------
@@ -109,11 +109,11 @@ def test_round_trip_in_order(
 
 def test_segments_roll_at_segment_bytes(tmp_path: Path) -> None:
     spool = make(tmp_path, segment_bytes=200)
-    fill(spool, payloads(10, size=84))  # 100-byte records: two per segment
+    fill(spool, payloads(10, size=80))  # 100-byte records: two per segment
     assert [f.stat().st_size for f in segment_files(tmp_path)] == [200] * 5
     assert spool.append(b"y" * 500, T0)  # larger than a segment: a fresh segment of its own
     spool.flush()
-    assert [f.stat().st_size for f in segment_files(tmp_path)][-1] == 516
+    assert [f.stat().st_size for f in segment_files(tmp_path)][-1] == 520
     spool.close()
 
 
@@ -168,12 +168,12 @@ def test_commit_after_rewind_moves_the_reader_too(tmp_path: Path) -> None:
 
 def test_commit_of_a_position_not_from_read_after_reopen(tmp_path: Path) -> None:
     spool = make(tmp_path, segment_bytes=1 << 20)
-    fill(spool, payloads(10))  # 56-byte records
-    spool.commit(Position(1, 2 * 56))
+    fill(spool, payloads(10))  # 60-byte records
+    spool.commit(Position(1, 2 * 60))
     spool.close()
     again = make(tmp_path, segment_bytes=1 << 20)
     assert again.pending_records == 8
-    again.commit(Position(1, 4 * 56))  # counted from the cursor, not from the segment's start
+    again.commit(Position(1, 4 * 60))  # counted from the cursor, not from the segment's start
     assert again.pending_records == 6
     assert drain(again)[0] == payloads(6, start=4)
     again.close()
@@ -181,11 +181,11 @@ def test_commit_of_a_position_not_from_read_after_reopen(tmp_path: Path) -> None
 
 def test_commit_of_a_position_not_from_read(tmp_path: Path) -> None:
     spool = make(tmp_path, segment_bytes=1 << 20)
-    fill(spool, payloads(10))  # 56-byte records
-    spool.commit(Position(1, 3 * 56))  # a record boundary: accepted, records counted
+    fill(spool, payloads(10))  # 60-byte records
+    spool.commit(Position(1, 3 * 60))  # a record boundary: accepted, records counted
     assert spool.pending_records == 7
     with pytest.raises(ValueError, match="record boundary"):
-        spool.commit(Position(1, 4 * 56 + 1))
+        spool.commit(Position(1, 4 * 60 + 1))
     with pytest.raises(ValueError, match="past"):
         spool.commit(Position(9, 0))
     spool.close()
@@ -240,7 +240,7 @@ def test_reopen_without_close_replays_after_persisted_cursor(
 
 def test_cursor_pointing_at_missing_segment(tmp_path: Path) -> None:
     spool = make(tmp_path)
-    fill(spool, payloads(20))  # 56-byte records, 4 per segment: segments 1..5
+    fill(spool, payloads(20))  # 60-byte records, 4 per segment: segments 1..5
     spool.close()
     (tmp_path / "0000000000000002.seg").unlink()
     (tmp_path / "cursor").write_text("2 112\n")
@@ -298,23 +298,23 @@ def test_torn_tail_is_set_aside(
     tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     spool = make(tmp_path, clock, segment_bytes=1 << 20)
-    items = payloads(10)  # 56-byte records
+    items = payloads(10)  # 60-byte records
     fill(spool, items)
     spool.close()
     segment = segment_files(tmp_path)[-1]
     data = segment.read_bytes()
-    cut = 9 * 56 + 30  # the last record torn after 30 bytes
+    cut = 9 * 60 + 30  # the last record torn after 30 bytes
     segment.write_bytes(data[:cut])
 
     with caplog.at_level(logging.WARNING, logger="relay.forward.spool"):
         again = make(tmp_path, clock, segment_bytes=1 << 20)
     aside = tmp_path / f"{segment.name}.corrupt-{int(T0)}"
-    assert aside.read_bytes() == data[9 * 56 : cut]
-    assert segment.stat().st_size == 9 * 56
+    assert aside.read_bytes() == data[9 * 60 : cut]
+    assert segment.stat().st_size == 9 * 60
     assert (again.corrupt_events, again.corrupt_bytes) == (1, 30)
     assert "torn tail" in caplog.text
     assert segment.name in caplog.text
-    assert "offset 504" in caplog.text
+    assert "offset 540" in caplog.text
     assert "30 bytes" in caplog.text
     fill(again, [b"after"])
     assert drain(again)[0] == [*items[:9], b"after"]
@@ -324,21 +324,22 @@ def test_torn_tail_is_set_aside(
 
 def test_rotten_byte_in_a_middle_segment(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     spool = make(tmp_path)
-    items = payloads(12)  # 56-byte records, 4 per 256-byte segment
+    items = payloads(12)  # 60-byte records, 4 per 256-byte segment
     fill(spool, items)
     spool.close()
     middle = segment_files(tmp_path)[1]
     data = bytearray(middle.read_bytes())
-    data[56 + 30] ^= 0xFF  # the payload of the middle segment's second record
+    data[60 + 30] ^= 0xFF  # the payload of the middle segment's second record
     middle.write_bytes(bytes(data))
 
     with caplog.at_level(logging.WARNING, logger="relay.forward.spool"):
         again = make(tmp_path)
     assert "checksum mismatch" in caplog.text
-    assert (again.corrupt_events, again.corrupt_bytes) == (1, 3 * 56)
+    assert (again.corrupt_events, again.corrupt_bytes) == (1, 60)  # that record only
     [aside] = tmp_path.glob("*.corrupt-*")
-    assert aside.read_bytes() == bytes(data[56:])
-    assert drain(again)[0] == items[:5] + items[8:]
+    assert aside.read_bytes() == bytes(data[60:120])
+    assert middle.read_bytes() == bytes(data[:60] + data[120:])
+    assert drain(again)[0] == items[:5] + items[6:]
     again.close()
 
 
@@ -348,14 +349,14 @@ def test_rot_found_while_reading(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     fill(spool, items)
     middle = segment_files(tmp_path)[1]
     with middle.open("r+b") as file:  # the disk rots after the start
-        file.seek(2 * 56 + 20)
+        file.seek(2 * 60 + 20)
         file.write(b"\x00\x01")
     with caplog.at_level(logging.WARNING, logger="relay.forward.spool"):
         got, _ = drain(spool, 100)
-    assert got == items[:6] + items[8:]
-    assert (spool.corrupt_events, spool.corrupt_bytes) == (1, 2 * 56)
+    assert got == items[:6] + items[7:]  # the damaged record only
+    assert (spool.corrupt_events, spool.corrupt_bytes) == (1, 60)
     assert "checksum mismatch" in caplog.text
-    assert spool.pending_records == 10
+    assert spool.pending_records == 11
     spool.close()
 
 
@@ -364,9 +365,10 @@ def test_corrupt_length_while_reading_the_segment_being_written(tmp_path: Path) 
     fill(spool, payloads(3))
     segment = segment_files(tmp_path)[0]
     with segment.open("r+b") as file:
-        file.seek(56 + 4)
+        file.seek(60 + 8)
         file.write(struct.pack("<I", 1 << 30))  # second record's length runs past the end
-    assert drain(spool)[0] == payloads(1)
+    first, _, third = payloads(3)
+    assert drain(spool)[0] == [first, third]  # the third is found again by its marker
     assert spool.corrupt_events == 1
     fill(spool, [b"later"])  # the segment goes on after its last good record
     assert drain(spool)[0] == [b"later"]
@@ -390,15 +392,15 @@ def test_garbage_files_are_ignored(tmp_path: Path) -> None:
 
 
 FULL_AT = [
-    pytest.param(560, 10, id="exactly-full"),
-    pytest.param(580, 11, id="not-full-until-past-max"),  # refused only once `full`
+    pytest.param(600, 10, id="exactly-full"),
+    pytest.param(620, 11, id="not-full-until-past-max"),  # refused only once `full`
 ]
 
 
 @pytest.mark.parametrize("max_bytes, fit", FULL_AT)
 def test_drop_newest(tmp_path: Path, max_bytes: int, fit: int) -> None:
     spool = make(tmp_path, max_bytes=max_bytes, on_full="drop_newest")
-    items = payloads(14)  # 56-byte records
+    items = payloads(14)  # 60-byte records
     accepted = [spool.append(item, T0) for item in items]
     assert accepted == [True] * fit + [False] * (14 - fit)
     assert (spool.dropped_newest, spool.appended) == (14 - fit, fit)
@@ -422,7 +424,7 @@ def test_block_refuses_unforced_and_accepts_forced(
     assert not spool.append(b"udp", T0)
     assert spool.append(b"tcp", T0, force=True)
     assert spool.dropped_newest == 1
-    assert spool.pending_bytes == fit * 56 + HEADER.size + 3  # forced appends may pass max_bytes
+    assert spool.pending_bytes == fit * 60 + HEADER.size + 3  # forced appends may pass max_bytes
     spool.flush()
     spool.commit(drain(spool)[1])
     assert not spool.full
@@ -432,7 +434,7 @@ def test_block_refuses_unforced_and_accepts_forced(
 
 def test_drop_oldest(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     spool = make(tmp_path, max_bytes=600, on_full="drop_oldest")
-    items = payloads(30)  # 56-byte records, 4 per segment
+    items = payloads(30)  # 60-byte records, 4 per segment
     with caplog.at_level(logging.WARNING, logger="relay.forward.spool"):
         for item in items:
             assert spool.append(item, T0)
@@ -463,7 +465,7 @@ def test_drop_oldest_moves_the_reader_on(tmp_path: Path) -> None:
 
 def test_drop_oldest_rolls_a_lone_segment(tmp_path: Path) -> None:
     spool = make(tmp_path, max_bytes=300, segment_bytes=1 << 20, on_full="drop_oldest")
-    fill(spool, payloads(5))  # 280 bytes, all in the segment being written
+    fill(spool, payloads(5))  # 300 bytes, all in the segment being written
     assert spool.append(b"z" * 40, T0)
     assert spool.dropped_oldest == 5
     spool.flush()
@@ -478,17 +480,17 @@ def test_pending_and_oldest(tmp_path: Path) -> None:
     spool = make(tmp_path)
     assert (spool.pending_records, spool.pending_bytes, spool.oldest_at) == (0, 0, None)
     spool.append(b"a" * 10, T0 + 1)
-    assert (spool.pending_records, spool.pending_bytes, spool.oldest_at) == (1, 26, T0 + 1)
+    assert (spool.pending_records, spool.pending_bytes, spool.oldest_at) == (1, 30, T0 + 1)
     spool.flush()
     for i in range(2, 12):
         spool.append(b"b" * 10, T0 + i)
-    assert (spool.pending_records, spool.pending_bytes) == (11, 11 * 26)
+    assert (spool.pending_records, spool.pending_bytes) == (11, 11 * 30)
     spool.flush()
     got, position = spool.read(60)
     assert spool.pending_records == 11  # reading is not committing
     spool.commit(position)
     assert spool.pending_records == 11 - len(got)
-    assert spool.pending_bytes == (11 - len(got)) * 26
+    assert spool.pending_bytes == (11 - len(got)) * 30
     assert spool.oldest_at == T0 + 1 + len(got)
     spool.commit(drain(spool)[1])
     assert (spool.pending_records, spool.pending_bytes) == (0, 0)
@@ -520,7 +522,7 @@ def test_inspect_is_read_only_and_skips_a_torn_tail(tmp_path: Path) -> None:
         file.write(record(b"being written")[:10])  # a writer in the middle of a record
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     stats = inspect(tmp_path)
-    assert (stats.records, stats.bytes) == (4, 4 * 56)
+    assert (stats.records, stats.bytes) == (4, 4 * 60)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     spool.close()
 
@@ -565,14 +567,14 @@ def file_size_limit() -> Iterator[None]:
 @pytest.mark.usefixtures("file_size_limit")
 def test_write_error_keeps_the_buffer(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     spool = make(tmp_path, segment_bytes=1 << 20)
-    items = payloads(40)  # 56-byte records
+    items = payloads(40)  # 60-byte records
     hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
     fill(spool, items[:10])
     resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))  # the "disk" fills at 1000 bytes
     with caplog.at_level(logging.WARNING, logger="relay.forward.spool"):
         fill(spool, items[10:])
     assert "cannot write" in caplog.text
-    assert segment_files(tmp_path)[0].stat().st_size == 560  # the short write was cut off
+    assert segment_files(tmp_path)[0].stat().st_size == 600  # the short write was cut off
     assert spool.pending_records == 40
     resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
     spool.flush()

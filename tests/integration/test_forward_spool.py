@@ -25,7 +25,7 @@ def _records(segment: Path) -> list[tuple[int, list[int]]]:
     documented record layout."""
     data, offset, found = segment.read_bytes(), 0, []
     while offset + HEADER.size <= len(data):
-        _, length, _, messages = HEADER.unpack_from(data, offset)
+        _, _, length, _, messages = HEADER.unpack_from(data, offset)
         payload = data[offset + HEADER.size : offset + HEADER.size + length]
         seqs = [int(n) for n in SEQ.findall(payload)]
         assert len(seqs) == messages
