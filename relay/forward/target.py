@@ -412,6 +412,7 @@ class Target:
             "dropped_full": spool.dropped_newest,
             "dropped_oldest": spool.dropped_oldest,
             "spool_corrupt_bytes": spool.corrupt_bytes,
+            "spool_problems": spool.corrupt_events,
             "connects": self.connects,
             "connect_failures": self.connect_failures,
             "disconnects": self.disconnects,

@@ -2,7 +2,9 @@
 
 Builds each `[[forward]]` target on its spool directory (adopting the spools of workers that no
 longer exist), runs their senders and housekeeping (fsync on the interval policy, the
-backpressure gate of `on_full = "block"`, counters in the log), and stops them cleanly.
+backpressure gate of `on_full = "block"`, counters in the log), and stops them cleanly. A target
+whose spool directory cannot be used at all does not run: it is reported (the log, /readyz,
+`forward_spool_unusable`) and everything else runs without it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from relay.config import Forward
-from relay.forward.spool import Spool
+from relay.forward.spool import Spool, SpoolUnusable
 from relay.forward.target import SETTLE_MAX_S, Target
 from relay.ingest.limits import Gate
 from relay.message import Offered, SyslogMessage
@@ -40,20 +42,43 @@ def open_target(config: Forward, state_dir: str, worker: int, workers: int) -> T
             fsync_interval_s=config.fsync_interval_s,
         )
 
-    own = spool_at(spool_directory(state_dir, config.name, worker))
+    own = spool_at(spool_directory(state_dir, config.name, worker))  # raises SpoolUnusable
     orphans = []
     for directory in sorted(spool_directory(state_dir, config.name, 0).parent.glob("w*")):
         index = directory.name[1:]
         if index.isdigit() and int(index) >= workers and int(index) % workers == worker:
-            orphans.append((spool_at(directory), directory))
+            try:
+                orphans.append((spool_at(directory), directory))
+            except SpoolUnusable as exc:
+                logger.error("forward %s: %s: not sent", config.name, exc)
     return Target(config, own, orphans)
+
+
+def open_forwarders(
+    configs: list[Forward], state_dir: str, worker: int, workers: int
+) -> Forwarders:
+    """Every target of this worker; one whose spool cannot be used is left out, and reported."""
+    targets, unusable = [], {}
+    for config in configs:
+        try:
+            targets.append(open_target(config, state_dir, worker, workers))
+        except SpoolUnusable as exc:
+            logger.error(
+                "forward %s: %s; this target does not run until it is fixed and plura-relay "
+                "restarted (its messages are not spooled; the local files get them)",
+                config.name, exc,
+            )  # fmt: skip
+            unusable[config.name] = str(exc)
+    return Forwarders(targets, unusable)
 
 
 class Forwarders:
     """All targets of one process: what the pipeline offers every message to."""
 
-    def __init__(self, targets: list[Target]) -> None:
+    def __init__(self, targets: list[Target], unusable: dict[str, str] | None = None) -> None:
         self.targets = targets
+        self.unusable = unusable or {}  # target -> why its spool cannot be used
+        self.not_spooled = dict.fromkeys(self.unusable, 0)
         self.gate = Gate()
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
@@ -70,6 +95,8 @@ class Forwarders:
         what it wants of it. `lossless`: TCP data, taken even by a full `block` spool (its
         senders are paused afterwards instead)."""
         lossless = lossless or self._draining
+        for name in self.not_spooled:  # a target without a spool (before its filter)
+            self.not_spooled[name] += len(offered)
         for target in self.targets:
             target.take(offered, peer, received_at, lossless, parse)
         self._update_gate()
@@ -144,4 +171,14 @@ class Forwarders:
         for target in self.targets:
             for key, value in target.stats(now).items():
                 stats[f"forward_{key}|{target.config.name}"] = value
+            stats[f"forward_spool_unusable|{target.config.name}"] = 0
+        for name, count in self.not_spooled.items():
+            stats[f"forward_spool_unusable|{name}"] = 1
+            stats[f"forward_dropped_no_spool|{name}"] = count
         return stats
+
+    def problem(self) -> str | None:
+        """Why this process is not ready as far as forwarding goes (None: it is)."""
+        if not self.unusable:
+            return None
+        return "; ".join(f"forward {n}: {why}" for n, why in self.unusable.items())

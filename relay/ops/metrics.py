@@ -72,6 +72,14 @@ _FORWARD_COUNTERS: dict[str, tuple[str, str]] = {
     "dropped_full": ("forward_dropped_spool_full", "Messages refused by a full spool"),
     "dropped_oldest": ("forward_dropped_oldest", "Spooled messages deleted to make room"),
     "spool_corrupt_bytes": ("forward_spool_corrupt_bytes", "Spool bytes set aside as corrupt"),
+    "spool_problems": (
+        "forward_spool_problems",
+        "Spool damage skipped or parts in the way set aside (each logged)",
+    ),
+    "dropped_no_spool": (
+        "forward_dropped_no_spool",
+        "Messages offered to a target whose spool directory cannot be used",
+    ),
     "connects": ("forward_connects", "Connections made to the upstream"),
     "connect_failures": ("forward_connect_failures", "Failed connection or TLS attempts"),
     "disconnects": ("forward_disconnects", "Upstream connections lost"),
@@ -82,6 +90,7 @@ _FORWARD_GAUGES: dict[str, tuple[str, str]] = {
     "spool_bytes": ("forward_spool_bytes", "Bytes spooled, not yet confirmed delivered"),
     "spool_oldest_age_s": ("forward_spool_oldest_age_seconds", "Age of the oldest spooled"),
     "connected": ("forward_connected", "Upstream connections up (per worker)"),
+    "spool_unusable": ("forward_spool_unusable", "Spool directories that cannot be used"),
 }
 
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Iterable
 
 from relay.config import Config
-from relay.forward.targets import Forwarders, open_target
+from relay.forward.targets import open_forwarders
 from relay.ingest.limits import Admission, SourceFilter, TokenBuckets
 from relay.ingest.listeners import LISTEN_BACKLOG, BoundSocket, bind_listeners
 from relay.ingest.tcp import TcpListener
@@ -58,9 +58,11 @@ class Server:
         `admission_share`: this process's share of max_children (1 of N workers: 1/N);
         `worker_index`: which worker this is (names its forward spools)."""
         self.config = config
-        targets = [open_target(f, config.state_dir, worker_index, config.workers)
-                   for f in config.forward]  # fmt: skip
-        self.forward = Forwarders(targets) if targets else None
+        self.forward = None
+        if config.forward:
+            self.forward = open_forwarders(
+                config.forward, config.state_dir, worker_index, config.workers
+            )
         out, listen, children = config.output, config.listen, config.children
         self.sink = FileSink(
             out.log_dir,
@@ -182,6 +184,9 @@ class Server:
         """Listening, and the log directory is writable."""
         if not self.udp and not self.tcp:
             return False, "no listener bound"
+        problem = self.forward.problem() if self.forward is not None else None
+        if problem is not None:
+            return False, problem
         return log_dir_writable(self.config.output.log_dir)
 
     def reopen(self) -> None:

@@ -299,6 +299,13 @@ class Supervisor:
         serving = [w for w in self.workers if w.reader is not None and w.reader.ready.done()]
         if len(serving) < len(self.workers):
             return False, f"{len(serving)} of {len(self.workers)} workers serving"
+        unusable = sorted(
+            key.partition("|")[2]
+            for key, value in self.stats().items()
+            if key.startswith("forward_spool_unusable|") and value
+        )
+        if unusable:
+            return False, "forward " + ", ".join(unusable) + ": spool directory unusable"
         return log_dir_writable(self.config.output.log_dir)
 
     def forward(self, signum: int) -> None:

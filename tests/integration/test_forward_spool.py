@@ -1,5 +1,5 @@
-"""The spool on disk, through real processes: corruption found at start is cut off and set
-aside (logged, counted), and everything else is still delivered."""
+"""The spool on disk, through real processes: corruption found at start is cut out and set
+aside (logged, counted), and everything else, the records after the damage too, is delivered."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import re
 import signal
 import socket
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from relay.cli import main
 from relay.forward.spool_disk import HEADER
-from tests.integration.conftest import ServerProcess, octet
+from tests.integration.conftest import ServerProcess, free_port, octet, send_tcp
 
 COUNT = 400
 SEQ = re.compile(rb"seq=(\d{4})")
@@ -85,8 +88,8 @@ def test_torn_and_corrupt_segments_are_set_aside_and_the_rest_delivered(tmp_path
     torn_offset, torn_seqs = last_records[-1]
     with last.open("r+b") as f:
         f.truncate(torn_offset + HEADER.size + 3)
-    lost = {seq for _, seqs in middle_records for seq in seqs if seq >= first_lost[0]}
-    lost |= set(torn_seqs)
+    # only the damaged record and the torn one: the records after the damage are found again
+    lost = set(first_lost) | set(torn_seqs)
 
     a.start()
     b.start()
@@ -119,3 +122,106 @@ def test_torn_and_corrupt_segments_are_set_aside_and_the_rest_delivered(tmp_path
     )
     [row] = json.loads(stats.output)
     assert row["corrupt_files"] == 2
+
+
+# -- spool parts in the way: the receiver always starts ---------------------------------------
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _metric(text: str, name: str) -> float:
+    [value] = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)]
+    return value
+
+
+def _in_the_way(state: Path, case: str, workers: int) -> None:
+    """Puts something unusable where the spool needs a file or a directory."""
+    spool = state / "spool"
+    if case == "spool-root-is-a-file":
+        state.mkdir(parents=True, exist_ok=True)
+        spool.write_text("not a directory")
+        return
+    for worker in range(workers):
+        directory = spool / "up" / f"w{worker}"
+        if case == "worker-dir-is-a-file":
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            directory.write_text("not a directory")
+        else:
+            name = "cursor" if case == "cursor-is-a-dir" else "0000000000000001.seg"
+            (directory / name).mkdir(parents=True)
+
+
+SET_ASIDE = [
+    pytest.param("cursor-is-a-dir", "cursor is not a regular file: set aside", id="cursor"),
+    pytest.param("segment-is-a-dir", ".seg is not a regular file: set aside", id="segment"),
+    pytest.param("worker-dir-is-a-file", "is not a directory: set aside", id="spool-dir"),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case, logged", SET_ASIDE)
+def test_spool_parts_in_the_way_are_set_aside_and_the_target_runs(
+    tmp_path: Path, workers: int, case: str, logged: str
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    b = ServerProcess(tmp_path / "b").start()
+    conf = tmp_path / "a.toml"
+    conf.write_text(f'[[forward]]\nname = "up"\nhost = "127.0.0.1"\nport = {b.port}\n')
+    a = ServerProcess(tmp_path / "a", "--config", str(conf))
+    metrics = free_port()
+    a.args[a.args.index("--metrics") + 1] = f"127.0.0.1:{metrics}"
+    _in_the_way(a.state_dir, case, workers)
+    a.start()
+    try:
+        messages = [b"<13>Jan  5 10:11:12 pod app: seq=%04d" % n for n in range(50)]
+        send_tcp(a.port, octet(messages), source="127.0.0.2")
+        assert _wait_seqs(b.file("127.0.0.1"), 50) == set(range(50))  # forwarded
+        assert _get(metrics, "/readyz") == (200, "ready\n")
+        text = _get(metrics, "/metrics")[1]
+        assert _metric(text, 'plura_relay_forward_spool_problems_total{target="up"}') == workers
+        assert _metric(text, 'plura_relay_forward_spool_unusable{target="up"}') == 0
+    finally:
+        assert a.stop() == 0
+        b.stop()
+    assert a.log.count(logged) == workers, a.log
+    assert "WARNING" in a.log and "Traceback" not in a.log
+
+
+@pytest.mark.timeout(60)
+def test_an_unusable_spool_directory_is_reported_and_the_rest_runs(
+    tmp_path: Path, workers: int
+) -> None:
+    (tmp_path / "a").mkdir()
+    conf = tmp_path / "a.toml"
+    conf.write_text(f'[[forward]]\nname = "up"\nhost = "127.0.0.1"\nport = {free_port()}\n')
+    a = ServerProcess(tmp_path / "a", "--config", str(conf))
+    metrics = free_port()
+    a.args[a.args.index("--metrics") + 1] = f"127.0.0.1:{metrics}"
+    _in_the_way(a.state_dir, "spool-root-is-a-file", workers)
+    a.start()
+    try:
+        send_tcp(a.port, octet([b"<13>Jan  5 10:11:12 pod app: seq=0001"] * 5), "127.0.0.2")
+        assert _wait_seqs(a.file("127.0.0.2"), 1) == {1}  # the local files go on
+        status, reason = _get(metrics, "/readyz")
+        assert status == 503 and "forward up" in reason and "unusable" in reason, reason
+        deadline = time.monotonic() + 5
+        while True:  # workers report their stats every so often
+            text = _get(metrics, "/metrics")[1]
+            unusable = _metric(text, 'plura_relay_forward_spool_unusable{target="up"}')
+            dropped = _metric(text, 'plura_relay_forward_dropped_no_spool_total{target="up"}')
+            if dropped == 5 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert (unusable, dropped) == (workers, 5)
+        assert a.file("127.0.0.2").read_bytes().count(b"\n") == 5
+    finally:
+        assert a.stop() == 0
+    assert a.log.count("forward up: spool ") == workers, a.log
+    assert "does not run until it is fixed" in a.log and "Traceback" not in a.log
