@@ -48,6 +48,7 @@ MAX_UDP_PAYLOAD = 65_507
 _INT = struct.Struct("i")
 SETTLE_MAX_S = 5.0  # at shutdown, the longest wait for the upstream to confirm what was sent
 STEADY_SESSION_S = 5.0  # a connection that lasted this long resets the reconnect backoff
+FAILURE_LOG_INTERVAL_S = 60.0  # the same failure again is logged at most this often, counted
 
 
 def _stop_if_cancelled() -> None:
@@ -138,6 +139,9 @@ class Target:
         self.disconnects = 0
         self.too_large = 0
         self._last_error = ""
+        self._repeats = 0  # the same failure since it was last logged
+        self._last_logged = 0.0
+        self._announced = False  # "connected" said for this connection
 
     # -- receive side (the hot path) ----------------------------------------------------------
 
@@ -235,9 +239,33 @@ class Target:
             message = f"TLS handshake with {where} failed: {reason}"
         else:
             message = f"cannot connect to {where}: {reason}"
-        if message != self._last_error:  # once per distinct failure, not once per retry
-            self._last_error = message
-            logger.warning("forward %s: %s (messages are spooled)", self.config.name, message)
+        self._log_failure(message, "messages are spooled")
+
+    def _log_failure(self, message: str, consequence: str) -> None:
+        """A failure as a WARNING: each new one at once, the same one again at most once per
+        FAILURE_LOG_INTERVAL_S, with how often it happened meanwhile."""
+        now = time.monotonic()
+        if message == self._last_error:
+            self._repeats += 1
+            if now - self._last_logged < FAILURE_LOG_INTERVAL_S:
+                return
+            consequence += f"; {self._repeats} times since the last report"
+        self._last_error, self._repeats, self._last_logged = message, 0, now
+        logger.warning("forward %s: %s (%s)", self.config.name, message, consequence)
+
+    def _announce(self, how: str) -> None:
+        """Says "connected" once per connection, when the upstream has shown that it takes what is
+        sent (a collector refusing the relay's certificate completes the TLS 1.3 handshake,
+        then closes: that is not a connection worth announcing)."""
+        if self._announced:
+            return
+        self._announced = True
+        self._last_error = ""  # a failure after this is news again
+        logger.info(
+            "forward %s: connected to %s:%d (%s), %s; %d messages spooled",
+            self.config.name, self.config.host, self.config.port, self.config.protocol, how,
+            self.pending_records,
+        )  # fmt: skip
 
     async def _session(self, upstream: _Upstream, started: float) -> None:
         assert upstream.transport is not None
@@ -248,10 +276,10 @@ class Target:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self.connects += 1
         self.connected = True
-        logger.info(
-            "forward %s: connected to %s:%d (%s), %d messages spooled",
-            self.config.name, self.config.host, self.config.port, self.config.protocol,
-            self.pending_records,
+        self._announced = False
+        logger.debug(
+            "forward %s: connection to %s:%d open", self.config.name, self.config.host,
+            self.config.port,
         )  # fmt: skip
         committer = asyncio.get_running_loop().create_task(self._commit_forever(transport))
         try:
@@ -269,14 +297,10 @@ class Target:
         if self._tls is not None and not self.config.tls.cert_file and exc is None and not steady:
             reason += "; if it requires a client certificate, set forward.tls.cert_file"
         message = f"connection to {self.config.host}:{self.config.port} lost ({reason})"
-        # a connection that keeps failing the same way is logged once, not at every retry
-        repeated = message == self._last_error and not steady
-        level = logging.DEBUG if repeated else logging.WARNING
-        self._last_error = message
-        logger.log(
-            level, "forward %s: %s; %d messages will be sent again",
-            self.config.name, message, self.pending_records,
-        )  # fmt: skip
+        if steady:
+            self._last_error = ""  # it worked for a while: this loss is news
+        # a connection that keeps failing the same way is not logged at every retry
+        self._log_failure(message, f"{self.pending_records} messages will be sent again")
 
     async def _pump(self, upstream: _Upstream, transport: asyncio.Transport) -> None:
         lost = upstream.lost
@@ -326,9 +350,12 @@ class Target:
         return self.spool, records, position
 
     async def _commit_forever(self, transport: asyncio.Transport) -> None:
+        opened = time.monotonic()
         while True:
             await asyncio.sleep(COMMIT_TICK_S)
             self._commit_confirmed(transport)
+            if time.monotonic() - opened >= self.config.confirm_after_s and not self._inflight:
+                self._announce("idle")  # up that long with nothing to send: it takes us
 
     def _commit_confirmed(self, transport: asyncio.Transport, *, closing: bool = False) -> None:
         """Commit what the upstream's kernel acknowledged at least confirm_after_s ago."""
@@ -347,6 +374,8 @@ class Target:
         while self._inflight and self._inflight[0][3] and now - self._inflight[0][3] >= confirm:
             _, spool, position, _ = self._inflight.popleft()
             spool.commit(position)
+            if not closing:
+                self._announce("delivering")
         self._drop_drained_orphans()
 
     def _rewind(self) -> None:

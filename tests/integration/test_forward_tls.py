@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +147,50 @@ async def test_plain_syslog_on_the_tls_port_is_refused_and_logged(
         await _logged("TLS handshake with 127.0.0.2 failed", caplog, capfd)
         await asyncio.sleep(0.2)
         assert not b.file("127.0.0.2").exists()
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+async def _gather(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], seconds: float
+) -> str:
+    """Everything logged (here and by worker processes) during the next `seconds`."""
+    seen = ""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        seen += capfd.readouterr().err
+        await asyncio.sleep(0.1)
+    return caplog.text + seen + capfd.readouterr().err
+
+
+async def test_a_refused_relay_never_says_connected_and_says_why_once(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    workers: int,
+) -> None:
+    caplog.set_level(logging.INFO)
+    pki = Pki(tmp_path / "pki")
+    async with _collector(tmp_path, pki, require_client_cert=True) as b:
+        async with _relay(tmp_path, _tls_port(b), {"ca_file": str(pki.ca_file)}) as a:
+            send_tcp(a.port, octet(MESSAGES), source="127.0.0.2")
+            logs = await _gather(caplog, capfd, 3.0)  # retries every 0.1-0.3 s
+            metrics = await asyncio.to_thread(_metrics, a.server.health.port)
+        connects = re.search(r'forward_connects_total\{target="tls-up"\} (\S+)', metrics)
+        assert connects is not None and float(connects[1]) >= 4, metrics  # refused repeatedly
+        assert "forward tls-up: connected" not in logs, logs  # nothing was delivered
+        # the reason, once per target (each worker has its own)
+        assert logs.count("alert certificate required") == workers, logs
+        caplog.clear()
+        tls = {"ca_file": str(pki.ca_file), "cert_file": str(pki.client_cert),
+               "key_file": str(pki.client_key)}  # fmt: skip
+        async with _relay(tmp_path, _tls_port(b), tls):
+            lines = await wait_for_lines(b.file("127.0.0.2"), len(MESSAGES))
+            assert len(lines) == len(MESSAGES)
+            logs = await _gather(caplog, capfd, 1.5)  # confirm_after_s: 1
+        assert logs.count("forward tls-up: connected to 127.0.0.1") == workers, logs
+        assert logs.count("(tls), delivering; 0 messages spooled") == 1, logs  # 20 confirmed
+        assert logs.count("(tls), idle; 0 messages spooled") == workers - 1, logs
