@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from relay.children.registry import Registry
 from relay.cli import main
+from relay.forward.spool_disk import HEADER
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,7 +115,7 @@ def test_spool_stats(tmp_path: Path) -> None:
     up, idle = json.loads(result.output)
     assert (up["target"], up["records"], up["workers"]) == ("up", 5, 2)
     assert up["bytes"] == sum(
-        16 + len(b"<13>Jan  5 10:11:12 h app: %d" % n) for n in (0, 1, 2, 0, 1)
+        HEADER.size + len(b"<13>Jan  5 10:11:12 h app: %d" % n) for n in (0, 1, 2, 0, 1)
     )
     assert up["oldest_age_s"] > 0
     assert (idle["target"], idle["records"], idle["oldest_age_s"]) == ("idle", 0, None)

@@ -34,6 +34,8 @@ def spool_report(
         records = size = segments = corrupt = 0
         oldest: float | None = None
         directories = sorted((root / name).glob("w*")) if (root / name).is_dir() else []
+        # a worker's spool, not what was set aside in place of one (`w0.corrupt-<time>`)
+        directories = [d for d in directories if d.name[1:].isdigit() and d.is_dir()]
         for directory in directories:
             stats = inspect(directory, now)
             records += stats.records

@@ -88,8 +88,15 @@ def test_torn_and_corrupt_segments_are_set_aside_and_the_rest_delivered(tmp_path
     torn_offset, torn_seqs = last_records[-1]
     with last.open("r+b") as f:
         f.truncate(torn_offset + HEADER.size + 3)
-    # only the damaged record and the torn one: the records after the damage are found again
-    lost = set(first_lost) | set(torn_seqs)
+    # a zeroed block in the third segment, from inside one record into the next
+    third = segments[2]
+    third_records = _records(third)
+    (zero_from, zeroed_a), (zero_to, zeroed_b) = third_records[1], third_records[2]
+    with third.open("r+b") as f:
+        f.seek(zero_from + 7)
+        f.write(bytes(zero_to + 9 - zero_from - 7))
+    # only the damaged records: the records after each damage are found again and sent
+    lost = set(first_lost) | set(torn_seqs) | set(zeroed_a) | set(zeroed_b)
 
     a.start()
     b.start()
@@ -101,8 +108,9 @@ def test_torn_and_corrupt_segments_are_set_aside_and_the_rest_delivered(tmp_path
     log = a.log
     assert got == set(range(COUNT)) - lost, sorted(set(range(COUNT)) - lost - got)[:10]
     assert "checksum mismatch" in log and "torn" in log, log
+    assert log.count("skipped") == 3, log
     aside = sorted(p.name for p in spool.iterdir() if ".corrupt-" in p.name)
-    assert [name.split(".corrupt-")[0] for name in aside] == [middle.name, last.name]
+    assert [name.split(".corrupt-")[0] for name in aside] == [middle.name, third.name, last.name]
     print(
         f"\nspool recovery: {COUNT} spooled, {len(lost)} set aside ({aside}), {len(got)} delivered"
     )
@@ -121,18 +129,24 @@ def test_torn_and_corrupt_segments_are_set_aside_and_the_rest_delivered(tmp_path
         ],
     )
     [row] = json.loads(stats.output)
-    assert row["corrupt_files"] == 2
+    assert row["corrupt_files"] == 3
 
 
 # -- spool parts in the way: the receiver always starts ---------------------------------------
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    deadline = time.monotonic() + 10  # a supervisor starts its HTTP server after the workers
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except urllib.error.URLError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _metric(text: str, name: str) -> float:
