@@ -180,6 +180,8 @@ class Spool:
         self._read, self._read_nth = self._committed, 0
         self._renormalize()
         self._recount()
+        if self._persisted is not None and self._committed != self._persisted:
+            self._persist()  # where recovery moved it (an upgraded segment's offsets changed)
 
     # -- hot path ---------------------------------------------------------------------------
     def append(self, payload: bytes, at: float, *, messages: int = 1, force: bool = False) -> bool:
@@ -380,13 +382,17 @@ class Spool:
         for segment_id in ids:
             if segment_id < start.segment:
                 self._delete(segment_id)  # consumed: a crash came between cursor and delete
-            elif segment_id == start.segment:
-                start = Position(segment_id, self._recover_segment(segment_id, start.offset))
-            else:
-                self._recover_segment(segment_id, 0)
+                continue
+            offset = start.offset if segment_id == start.segment else 0
+            try:
+                offset = self._recover_segment(segment_id, offset)
+            except OSError as exc:  # EIO...: that segment is lost, the others are not
+                self._segments.pop(segment_id, None)
+                path = self._path(segment_id)
+                self._problem("cannot use %s (%s)", path.name, exc, aside=path)
+            if segment_id == start.segment:
+                start = Position(segment_id, offset)
         self._segments[self._write_id] = _Segment()
-        if start != self._persisted and start.offset:
-            self._persisted = None  # an old-format segment moved the offset: save it soon
         return start
 
     def _recover_segment(self, segment_id: int, offset: int) -> int:
@@ -427,6 +433,8 @@ class Spool:
             "spool %s: %s was in the old record format 1: rewritten in format 2, %d records kept",
             self.directory, path.name, len(offsets) - 1,
         )  # fmt: skip
+        if offset > len(data):
+            return upgraded, offset  # past the end: the caller says so and sends it all again
         return upgraded, offsets[max(o for o in offsets if o <= offset)]
 
     def _cut(self, path: Path, data: bytes, start: int, found: Survey) -> None:
