@@ -7,9 +7,11 @@ import json
 import re
 import signal
 import socket
+import struct
 import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import pytest
@@ -239,3 +241,36 @@ def test_an_unusable_spool_directory_is_reported_and_the_rest_runs(
         assert a.stop() == 0
     assert a.log.count("forward up: spool ") == workers, a.log
     assert "does not run until it is fixed" in a.log and "Traceback" not in a.log
+
+
+@pytest.mark.timeout(60)
+def test_a_spool_of_the_old_format_is_upgraded_and_delivered(tmp_path: Path) -> None:
+    """A spool written before the record marker (format 1: crc, length, time, messages, a
+    framed batch) is rewritten at start and sent, the cursor's offset moved with it."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    b = ServerProcess(tmp_path / "b").start()
+    conf = tmp_path / "a.toml"
+    conf.write_text(f'[[forward]]\nname = "up"\nhost = "127.0.0.1"\nport = {b.port}\n')
+    a = ServerProcess(tmp_path / "a", "--config", str(conf))
+    spool = a.state_dir / "spool" / "up" / "w0"
+    spool.mkdir(parents=True)
+    batches = [
+        [b"<13>Jan  5 10:11:12 pod app: [origip=10.0.0.7] seq=%04d" % n for n in range(s, s + 100)]
+        for s in range(0, 300, 100)
+    ]
+    records = []
+    for batch in batches:
+        framed = octet(batch)
+        covered = struct.pack("<III", len(framed), int(time.time()), len(batch)) + framed
+        records.append(struct.pack("<I", zlib.crc32(covered)) + covered)
+    (spool / "0000000000000001.seg").write_bytes(b"".join(records))
+    (spool / "cursor").write_text(f"1 {len(records[0])}\n")  # the first batch was delivered
+    a.start()
+    try:
+        got = _wait_seqs(b.file("127.0.0.1"), 200)
+    finally:
+        assert a.stop() == 0
+        b.stop()
+    assert got == set(range(100, 300)), sorted(got)[:5]
+    assert "was in the old record format 1: rewritten in format 2, 3 records kept" in a.log
