@@ -23,7 +23,7 @@ the same when data rots while the process runs. A file, directory or link where 
 cursor or the spool directory itself should be is renamed aside the same way. A segment of the
 old format 1 (no marker) is rewritten in format 2 at open, and its records are sent. Only a
 directory that cannot be created, read or written at all makes the spool unusable
-(SpoolUnusable): the caller runs on without it.
+(SpoolUnusable): the caller runs on without it. relay.forward.spool_repair does the repairs.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from relay.forward.spool_disk import (
     COVERED,
     CRC,
     CURSOR_NAME,
-    DIR_MODE,
     FILE_MODE,
     HEADER,
     LENGTH,
@@ -53,27 +52,22 @@ from relay.forward.spool_disk import (
     OPEN_FLAGS,
     Position,
     Survey,
-    cut_damage,
     fsync_directory,
     is_v1,
-    move_aside,
     read_cursor,
-    replace_file,
     resolve_start,
     scan,
     seconds,
     segment_ids,
     survey,
-    upgrade_v1,
     write_cursor,
-    write_new,
 )
+from relay.forward.spool_repair import Repairs
 
 logger = logging.getLogger(__name__)
 
 WARNING_INTERVAL_S = 10.0
 NTH_CACHE_ENTRIES = 4096
-MAX_DAMAGE_LINES = 10  # per segment: a segment of garbage is summed up, not logged per region
 
 OnFull = Literal["block", "drop_oldest", "drop_newest"]
 FsyncPolicy = Literal["never", "interval", "always"]
@@ -152,7 +146,7 @@ class Spool:
         self.on_data: Callable[[], None] | None = None
         self.read_messages = 0  # messages in the records the last `read` returned
         self.appended = self.dropped_oldest = self.dropped_newest = 0
-        self.corrupt_events = self.corrupt_bytes = 0
+        self._repairs = Repairs(self.directory, clock, fsync=fsync != "never")
         self._clock = clock
         self._buffer = bytearray()
         self._buffer_records = 0
@@ -172,7 +166,7 @@ class Spool:
         self._write_id = 1
         self._persisted: Position | None = None  # what the cursor file says
         try:
-            self._prepare_directory()
+            self._repairs.prepare_directory()
             self._committed = self._recover()
         except OSError as exc:
             raise SpoolUnusable(f"spool {self.directory}: {exc.strerror or exc}") from exc
@@ -320,6 +314,15 @@ class Spool:
         self._maybe_persist()
 
     @property
+    def corrupt_events(self) -> int:
+        """Problems found (damaged regions skipped, parts set aside, bad cursors), each logged."""
+        return self._repairs.events
+
+    @property
+    def corrupt_bytes(self) -> int:
+        return self._repairs.bytes
+
+    @property
     def committed(self) -> Position:
         return self._committed
 
@@ -340,43 +343,20 @@ class Spool:
         self._closed = True
 
     # -- recovery ---------------------------------------------------------------------------
-    def _prepare_directory(self) -> None:
-        """Creates the directory; something else in its place is renamed aside first. Raises
-        OSError if it cannot be created or written (the spool is then unusable)."""
-        path = self.directory
-        if (path.exists() or path.is_symlink()) and not path.is_dir():
-            self._problem("%s is not a directory", path, aside=path)
-        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        probe = path / ".probe"
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | OPEN_FLAGS, FILE_MODE))
-        os.unlink(probe)
-        for name in (CURSOR_NAME, f"{CURSOR_NAME}.tmp"):
-            entry = path / name
-            if entry.is_symlink() or (entry.exists() and not entry.is_file()):
-                self._problem("%s is not a regular file", entry, aside=entry)
-
-    def _problem(self, message: str, *args: object, aside: Path | None = None) -> None:
-        """Logs and counts one problem found in the spool; `aside`: rename that path aside."""
-        self.corrupt_events += 1
-        text = message % args
-        if aside is not None:
-            text += f": set aside as {move_aside(aside, self._clock()).name}"
-        logger.warning("spool %s: %s", self.directory, text)
-
     def _recover(self) -> Position:
         """Checks the segments from the cursor on; returns where the committed position is."""
         ids = []
         for segment_id in segment_ids(self.directory):
             path = self._path(segment_id)
             if path.is_symlink() or not path.is_file():
-                self._problem("segment %s is not a regular file", path.name, aside=path)
+                self._repairs.problem("segment %s is not a regular file", path.name, aside=path)
             else:
                 ids.append(segment_id)
         cursor, problem = read_cursor(self.directory / CURSOR_NAME)
         start, anomaly = resolve_start(ids, cursor)
         for message in (problem, anomaly):
             if message is not None:
-                self._problem("cursor: %s; starting at %s", message, start)
+                self._repairs.problem("cursor: %s; starting at %s", message, start)
         self._persisted = cursor
         self._write_id = max(ids[-1] + 1 if ids else 1, start.segment)
         for segment_id in ids:
@@ -389,7 +369,7 @@ class Spool:
             except OSError as exc:  # EIO...: that segment is lost, the others are not
                 self._segments.pop(segment_id, None)
                 path = self._path(segment_id)
-                self._problem("cannot use %s (%s)", path.name, exc, aside=path)
+                self._repairs.problem("cannot use %s (%s)", path.name, exc, aside=path)
             if segment_id == start.segment:
                 start = Position(segment_id, offset)
         self._segments[self._write_id] = _Segment()
@@ -401,62 +381,22 @@ class Spool:
         path = self._path(segment_id)
         data = path.read_bytes()
         if is_v1(data):
-            data, offset = self._upgrade(path, data, offset)
+            data, offset = self._repairs.upgrade(path, data, offset)
         if offset > len(data):
-            self._problem(
+            self._repairs.problem(
                 "cursor offset %d is past the end of %s (%d bytes); sending all of it again",
                 offset, path.name, len(data),
             )  # fmt: skip
             offset = 0
         found = survey(data, offset)
         if found.damage:
-            self._cut(path, data, offset, found)
+            self._repairs.cut(path, data, offset, found)
         size = offset + sum(end - start for start, end in found.spans)
         if size == 0:
             self._delete(segment_id)  # empty, and never the last one: a new one is written
         else:
             self._segments[segment_id] = _Segment(size, found.messages)
         return offset
-
-    def _upgrade(self, path: Path, data: bytes, offset: int) -> tuple[bytes, int]:
-        """Rewrites a format-1 segment in format 2; returns its new bytes and where `offset`
-        (a record boundary, or the record it falls in: sent again) is now."""
-        upgraded, offsets, dropped = upgrade_v1(data)
-        if dropped:
-            kept = write_new(path.with_name(f"{path.name}.corrupt-{seconds(self._clock())}"),
-                             data[len(data) - dropped :])  # fmt: skip
-            self.corrupt_bytes += dropped
-            self._problem("%s: %d bytes after its last valid old-format record, set aside in %s",
-                          path.name, dropped, kept.name)  # fmt: skip
-        replace_file(path, upgraded, fsync=self.fsync_policy != "never")
-        logger.warning(
-            "spool %s: %s was in the old record format 1: rewritten in format 2, %d records kept",
-            self.directory, path.name, len(offsets) - 1,
-        )  # fmt: skip
-        if offset > len(data):
-            return upgraded, offset  # past the end: the caller says so and sends it all again
-        return upgraded, offsets[max(o for o in offsets if o <= offset)]
-
-    def _cut(self, path: Path, data: bytes, start: int, found: Survey) -> None:
-        """Cuts the damaged bytes `found` out of the segment at `path`; logs and counts each."""
-        kept = cut_damage(path, data, start, found, self._clock(),
-                          fsync=self.fsync_policy != "never")  # fmt: skip
-        where = kept.name if kept is not None else "nothing to keep"
-        for n, damage in enumerate(found.damage):
-            self.corrupt_events += 1
-            self.corrupt_bytes += damage.end - damage.offset
-            if n < MAX_DAMAGE_LINES:
-                after = "the next valid record" if damage.end < len(data) else "the end"
-                logger.warning(
-                    "spool %s: %s at offset %d of %s: skipped %d bytes to %s (set aside in %s)",
-                    self.directory, damage.reason, damage.offset, path.name,
-                    damage.end - damage.offset, after, where,
-                )  # fmt: skip
-        if len(found.damage) > MAX_DAMAGE_LINES:
-            logger.warning(
-                "spool %s: %d more damaged regions in %s skipped (set aside in %s)",
-                self.directory, len(found.damage) - MAX_DAMAGE_LINES, path.name, where,
-            )  # fmt: skip
 
     # -- writing ----------------------------------------------------------------------------
     def _make_room(self, size: int, force: bool, messages: int) -> bool:
@@ -618,14 +558,18 @@ class Spool:
             data = path.read_bytes()[: segment.size]
             found = survey(data, offset)
             if found.damage:
-                self._cut(path, data, offset, found)
+                self._repairs.cut(path, data, offset, found)
             elif len(data) < segment.size:
-                self._problem("%s is shorter than written (%d of %d bytes)",
-                              path.name, len(data), segment.size)  # fmt: skip
+                self._repairs.problem(
+                    "%s is shorter than written (%d of %d bytes)",
+                    path.name, len(data), segment.size,
+                )  # fmt: skip
         except OSError as exc:
             found = Survey([], 0, [])
-            self._problem("%s at offset %d of %s, not cut out (%s); skipping the rest of it",
-                          reason, offset, path.name, exc)  # fmt: skip
+            self._repairs.problem(
+                "%s at offset %d of %s, not cut out (%s); skipping the rest of it",
+                reason, offset, path.name, exc,
+            )  # fmt: skip
         segment.size = offset + sum(end - start for start, end in found.spans)
         segment.records = self._read_nth + found.messages
         # positions past the damage have moved (or may be written again)
