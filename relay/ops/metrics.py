@@ -80,6 +80,7 @@ _FORWARD_COUNTERS: dict[str, tuple[str, str]] = {
 _FORWARD_GAUGES: dict[str, tuple[str, str]] = {
     "spool_records": ("forward_spool_records", "Messages spooled, not yet confirmed delivered"),
     "spool_bytes": ("forward_spool_bytes", "Bytes spooled, not yet confirmed delivered"),
+    "spool_max_bytes": ("forward_spool_max_bytes", "The spool's bound, max_spool_bytes"),
     "spool_oldest_age_s": ("forward_spool_oldest_age_seconds", "Age of the oldest spooled"),
     "connected": ("forward_connected", "Upstream connections up (per worker)"),
 }
