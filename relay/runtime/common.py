@@ -9,6 +9,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,6 +19,8 @@ import msgspec
 from relay.children.hooks import Announcer
 from relay.children.registry import Registry
 from relay.config import Config, is_auto, parse_address
+from relay.ingest.addresses import bind_socket
+from relay.ingest.steering import SUCCESSOR, steer_to
 from relay.node.bridge import USUAL_BRIDGES, find_bridge_address
 from relay.ops.metrics import HealthServer, Readiness, Stats
 from relay.pipeline import ceelog_name
@@ -53,18 +56,57 @@ def registry_stats(registry: Registry, inactive_after_s: float) -> dict[str, flo
     }
 
 
-def health_server(config: Config, stats: Stats, ready: Readiness) -> HealthServer | None:
-    if not config.metrics.listen:
-        return None
-    return HealthServer(parse_address(config.metrics.listen, 9514), stats, ready)
+def health_server(config: Config, stats: Stats, ready: Readiness) -> list[HealthServer]:
+    """Health and metrics on `metrics.listen`, and /metrics alone on `metrics.scrape_listen`."""
+    servers = []
+    for address, metrics_only in ((config.metrics.listen, False),
+                                  (config.metrics.scrape_listen, True)):  # fmt: skip
+        if address:
+            host, port = parse_address(address, 9514)
+            servers.append(
+                HealthServer(
+                    (host, port),
+                    stats,
+                    ready,
+                    sock=_bind_http(host, port),
+                    metrics_only=metrics_only,
+                )
+            )
+    return servers
 
 
-async def start_health(health: HealthServer) -> None:
-    """A metrics port already in use must not keep syslog from being received: log it."""
+def _bind_http(host: str, port: int) -> socket.socket | None:
+    """SO_REUSEPORT, so that a new process (a rolling update) binds beside the old one, and
+    steered to the newest socket: the kubelet's probes reach the new process. None if the
+    address cannot be bound (logged by start_health when it tries again)."""
     try:
-        await health.start()
+        sock = bind_socket(host, port, socket.SOCK_STREAM, reuse_port=True)
+        sock.listen(64)
+    except OSError:
+        return None
+    try:
+        steer_to(sock, SUCCESSOR)
     except OSError as exc:
-        logger.error("cannot serve metrics and health: %s", exc)
+        logger.warning("metrics %s:%d: cannot steer to the newest process: %s", host, port, exc)
+    return sock
+
+
+async def start_health(health: list[HealthServer]) -> None:
+    """A metrics port already in use must not keep syslog from being received: log it."""
+    for server in health:
+        try:
+            await server.start()
+        except OSError as exc:
+            logger.error("cannot serve metrics and health: %s", exc)
+
+
+def main_health(health: list[HealthServer]) -> HealthServer | None:
+    return next((h for h in health if not h.metrics_only), None)
+
+
+async def stop_health(health: list[HealthServer]) -> None:
+    for server in health:
+        await server.stop()
 
 
 async def remove_expired_forever(registry: Registry, config: Config) -> None:

@@ -28,10 +28,12 @@ from relay.runtime.common import (
     Signals,
     health_server,
     log_dir_writable,
+    main_health,
     open_registry,
     registry_stats,
     remove_expired_forever,
     start_health,
+    stop_health,
 )
 from relay.tls import server_context
 
@@ -105,6 +107,7 @@ class Server:
         self.udp: list[UdpListener] = []
         self.tcp: list[tuple[TcpListener, BoundSocket]] = []
         self.health: HealthServer | None = None
+        self.scrape: HealthServer | None = None  # metrics.scrape_listen
 
     async def start_listeners(self) -> None:
         loop = asyncio.get_running_loop()
@@ -231,17 +234,16 @@ async def serve_here(
         lambda: {**server.stats(), **registry_stats(registry, inactive_after_s), "workers": 1},
         server.ready,
     )
-    if health is not None:
-        await start_health(health)
-    server.health = health
+    await start_health(health)
+    server.health = main_health(health)
+    server.scrape = next((h for h in health if h.metrics_only), None)
     if on_ready is not None:
         on_ready(server)
     try:
         await shutdown()
         logger.info("shutting down")
     finally:
-        if health is not None:
-            await health.stop()
+        await stop_health(health)
         await server.stop()
         await announcer.settle(config.children.hook_timeout_s)
         for task in background:

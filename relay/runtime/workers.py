@@ -35,10 +35,12 @@ from relay.runtime.common import (
     Signals,
     health_server,
     log_dir_writable,
+    main_health,
     open_registry,
     registry_stats,
     remove_expired_forever,
     start_health,
+    stop_health,
 )
 from relay.runtime.server import Server
 
@@ -269,6 +271,7 @@ class Supervisor:
         self.bound = [(s.kind, s.host, s.port) for s in workers[0].sockets]
         self.stopping = False
         self.health: HealthServer | None = None
+        self.http: list[HealthServer] = []
 
     async def watch(self, worker: Worker) -> None:
         """Restart a worker that exits on its own."""
@@ -340,16 +343,15 @@ async def supervise(
             lambda: {**supervisor.stats(), **registry_stats(registry, inactive_after_s)},
             supervisor.ready,
         )
-        if health is not None:
-            await start_health(health)
-        supervisor.health = health
+        await start_health(health)
+        supervisor.health = main_health(health)
+        supervisor.http = health
         if on_ready is not None:
             on_ready(supervisor)
         await shutdown()
         logger.info("shutting down %d workers", len(workers))
     finally:
-        if supervisor.health is not None:
-            await supervisor.health.stop()
+        await stop_health(supervisor.http)
         supervisor.stopping = True
         await asyncio.gather(*(w.stop() for w in workers))
         await announcer.settle(config.children.hook_timeout_s)
