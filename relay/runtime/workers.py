@@ -272,6 +272,7 @@ class Supervisor:
         self.stopping = False
         self.health: HealthServer | None = None
         self.http: list[HealthServer] = []
+        self.scrape: HealthServer | None = None  # metrics.scrape_listen
 
     async def watch(self, worker: Worker) -> None:
         """Restart a worker that exits on its own."""
@@ -346,6 +347,7 @@ async def supervise(
         await start_health(health)
         supervisor.health = main_health(health)
         supervisor.http = health
+        supervisor.scrape = next((h for h in health if h.metrics_only), None)
         if on_ready is not None:
             on_ready(supervisor)
         await shutdown()
