@@ -21,6 +21,10 @@ from relay.message import Offered, SyslogMessage
 
 logger = logging.getLogger(__name__)
 
+HELD_MAX_MESSAGES = 1_000_000
+"""While another process still owns the spools (a rolling update), what the targets are offered
+waits in memory, up to this many messages (beyond: dropped, counted, logged)."""
+
 
 def spool_directory(state_dir: str, target: str, worker: int) -> Path:
     return Path(state_dir) / "spool" / target / f"w{worker}"
@@ -52,11 +56,29 @@ def open_target(config: Forward, state_dir: str, worker: int, workers: int) -> T
 class Forwarders:
     """All targets of one process: what the pipeline offers every message to."""
 
-    def __init__(self, targets: list[Target]) -> None:
+    def __init__(self, targets: list[Target], *, held: bool = False) -> None:
+        """`held`: the spools are not ours yet (`adopt` hands them over)."""
         self.targets = targets
         self.gate = Gate()
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
+        Take = tuple[list[Offered], str, float, bool, Callable[[bytes, str, float], SyslogMessage]]
+        self._held: list[Take] | None = [] if held else None
+        self._held_messages = 0
+        self.held_dropped = 0
+
+    def adopt(self, targets: list[Target]) -> None:
+        """The spools are ours now: give them what was offered meanwhile, in order; start."""
+        held, self._held = self._held or [], None
+        self.targets = targets
+        for offered, peer, received_at, lossless, parse in held:
+            for target in targets:
+                target.take(offered, peer, received_at, lossless or self._draining, parse)
+        if self.held_dropped:
+            logger.error("forward: %d messages dropped while waiting for the spools (more than"
+                         " %d held)", self.held_dropped, HELD_MAX_MESSAGES)  # fmt: skip
+        self._update_gate()
+        self.start()
 
     def take(
         self,
@@ -69,6 +91,13 @@ class Forwarders:
         """After every received batch: each target spools (and writes, one write per target)
         what it wants of it. `lossless`: TCP data, taken even by a full `block` spool (its
         senders are paused afterwards instead)."""
+        if self._held is not None:
+            if self._held_messages + len(offered) > HELD_MAX_MESSAGES:
+                self.held_dropped += len(offered)
+            else:
+                self._held.append((offered, peer, received_at, lossless, parse))
+                self._held_messages += len(offered)
+            return
         lossless = lossless or self._draining
         for target in self.targets:
             target.take(offered, peer, received_at, lossless, parse)
@@ -127,6 +156,9 @@ class Forwarders:
         self.gate.set_closed(False)
 
     async def stop(self) -> None:
+        if self._held:
+            logger.error("forward: %d messages never spooled: the spools were not handed over",
+                         self._held_messages)  # fmt: skip
         await asyncio.gather(
             *(t.settle(min(t.config.confirm_after_s + 1.0, SETTLE_MAX_S)) for t in self.targets)
         )

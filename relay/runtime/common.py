@@ -5,6 +5,7 @@ hooks, the health server, the readiness probe of the log directory, resolving `a
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import resource
@@ -127,6 +128,45 @@ async def remove_expired_forever(registry: Registry, config: Config) -> None:
                     logger.info("removed %s: child %s inactive since %s", path, child.ip, since)
                 except OSError as exc:
                     logger.warning("cannot remove %s: %s", path, exc)
+
+
+STATE_LOCK = "plura-relay.lock"
+STATE_POLL_S = 0.05
+
+
+def try_lock_state(state_dir: str) -> int | None:
+    """The state dir's lock (flock on `<state_dir>/plura-relay.lock`, held for the process's
+    life): the registry and the forward spools have one owner. None if another process holds
+    it (a rolling update: the old process, until it has saved and exits)."""
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(state_dir) / STATE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+async def wait_for_state(state_dir: str) -> int:
+    path = Path(state_dir) / STATE_LOCK
+    try:
+        holder = path.read_text().strip() or "?"
+    except OSError:
+        holder = "?"
+    logger.warning(
+        "state dir %s is held by another plura-relay (pid %s): receiving meanwhile; the registry "
+        "and the forward spools are taken over when it exits", state_dir, holder,
+    )  # fmt: skip
+    while (fd := try_lock_state(state_dir)) is None:
+        await asyncio.sleep(STATE_POLL_S)
+    return fd
+
+
+def release_state(fd: int) -> None:
+    os.close(fd)  # closing the descriptor releases the flock
 
 
 def open_registry(config: Config) -> tuple[Registry, Announcer]:

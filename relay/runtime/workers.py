@@ -38,9 +38,12 @@ from relay.runtime.common import (
     main_health,
     open_registry,
     registry_stats,
+    release_state,
     remove_expired_forever,
     start_health,
     stop_health,
+    try_lock_state,
+    wait_for_state,
 )
 from relay.runtime.server import Server
 
@@ -318,6 +321,11 @@ async def supervise(
     signals: Signals | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
+    # several workers: the state dir is taken before any worker opens its spools (a new
+    # supervisor beside an old one waits here; the old one's sockets serve meanwhile)
+    lock = try_lock_state(config.state_dir)
+    if lock is None:
+        lock = await wait_for_state(config.state_dir)
     registry, announcer = open_registry(config)
     socket_sets = bind_listeners(config.listen, copies=config.workers)
     workers = [Worker(i, config, sockets, registry) for i, sockets in enumerate(socket_sets)]
@@ -361,5 +369,6 @@ async def supervise(
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         registry.close()
+        release_state(lock)
         for sockets in socket_sets:
             close_all(sockets)
