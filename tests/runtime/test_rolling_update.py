@@ -11,7 +11,6 @@ the killed process go with it).
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -53,7 +52,7 @@ class Paced(threading.Thread):
                     self._send(self.sent)  # type: ignore[operator]
                     self.sent += 1
                 time.sleep(0.002)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             self.error = exc
 
     def stop(self) -> int:
