@@ -295,11 +295,11 @@ def test_nginx_example_configmap_is_conf_nginx() -> None:
         "nginx-example.yaml's ConfigMap differs from conf/nginx/: "
         "run python -m tests.deploy.nginx_configmap"
     )
-    assert by_kind(NGINX_YAML)["ConfigMap"]["data"] == nginx_configmap.expected_data()
+    assert by_kind(documents(NGINX_YAML))["ConfigMap"]["data"] == nginx_configmap.expected_data()
 
 
 def _nginx_pod() -> dict[str, Any]:
-    pod: dict[str, Any] = by_kind(NGINX_YAML)["Deployment"]["spec"]["template"]["spec"]
+    pod: dict[str, Any] = by_kind(documents(NGINX_YAML))["Deployment"]["spec"]["template"]["spec"]
     return pod
 
 
@@ -312,7 +312,7 @@ def test_nginx_example_wiring() -> None:
     templates = next(m for m in init["volumeMounts"] if m["name"] == "templates")
     assert (
         volumes["templates"]["configMap"]["name"]
-        == by_kind(NGINX_YAML)["ConfigMap"]["metadata"]["name"]
+        == by_kind(documents(NGINX_YAML))["ConfigMap"]["metadata"]["name"]
     )
     assert init["command"] == ["/bin/sh", f"{templates['mountPath']}/render.sh"]
     out = next(e["value"] for e in init["env"] if e["name"] == "OUT")
@@ -347,7 +347,7 @@ def test_render_script_writes_nginx_conf_for_the_node(
     templates, out = tmp_path / "templates", tmp_path / "conf.d"
     templates.mkdir()
     out.mkdir()
-    for key, text in by_kind(NGINX_YAML)["ConfigMap"]["data"].items():
+    for key, text in by_kind(documents(NGINX_YAML))["ConfigMap"]["data"].items():
         (templates / key).write_text(text)
     routes = tmp_path / "route"
     routes.write_text(PROC_NET_ROUTE)
