@@ -90,6 +90,17 @@ def test_overlay_validates_strictly(kubernetes_validate: ModuleType, overlay: st
     assert checked >= 6
 
 
+def test_nginx_example_validates_strictly(kubernetes_validate: ModuleType) -> None:
+    docs = documents(NGINX_YAML)
+    assert [doc["kind"] for doc in docs] == ["ConfigMap", "Deployment", "Service"]
+    for version in versions(kubernetes_validate):
+        for doc in docs:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"nginx-example {doc['kind']} ({version}): {exc.message}")
+
+
 def test_newest_schema_is_newer_than_oldest(kubernetes_validate: ModuleType) -> None:
     oldest, newest = versions(kubernetes_validate)
     assert tuple(map(int, newest.split("."))) > tuple(map(int, oldest.split(".")))
