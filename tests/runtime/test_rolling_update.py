@@ -105,7 +105,10 @@ class OmfwdLikeSender:
             pass  # open, nothing to read: the usual case
         except ConnectionError:
             sock = self._connect()
-        sock.sendall(message("tcp", n) + b"\n")
+        try:
+            sock.sendall(message("tcp", n) + b"\n")
+        except ConnectionError:  # reset (a killed server): omfwd retries the message
+            self._connect().sendall(message("tcp", n) + b"\n")
 
 
 class PodRsyslog:
@@ -171,14 +174,50 @@ def missing_numbers(found: Counter[int], sent: int) -> list[int]:
     return [n for n in range(sent) if n not in found]
 
 
-def update(tmp_path: Path, stop_old: signal.Signals) -> dict[str, object]:
+class Upstream(threading.Thread):
+    """A collector for the relay's [[forward]] target: LF-framed lines, numbers counted."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.found: dict[str, Counter[int]] = {k: Counter() for k in ("udp", "tcp", "rsy")}
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        buffer = b""
+        with conn:
+            while chunk := conn.recv(65536):
+                *lines, buffer = (buffer + chunk).split(b"\n")
+                for line in lines:
+                    if match := NUMBER.search(line.decode()):
+                        self.found[match[1]][int(match[2])] += 1
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(5)
+        self.listener.close()
+
+
+def update(tmp_path: Path, stop_old: signal.Signals, *extra: str) -> dict[str, object]:
     rsyslogd = find_rsyslogd()
     if rsyslogd is None:
         from tests.deploy.conftest import missing
 
         missing("rsyslogd", "apt-get install rsyslog")
-    old = ServerProcess(tmp_path).start()
-    new = ServerProcess(tmp_path)
+    old = ServerProcess(tmp_path, *extra).start()
+    new = ServerProcess(tmp_path, *extra)
     new.port = old.port
     new.args[new.args.index("--listen") + 1] = f"127.0.0.1:{old.port}"
     new.stderr_path = tmp_path / "new.err"
@@ -268,3 +307,27 @@ def test_sigkill_update_states_what_is_lost(tmp_path: Path) -> None:
     )
     for kind in sent:  # whatever was lost, every line is whole and the stream went on
         assert max(found[kind]) >= sent[kind] - 1 - UDP_RATE // 100
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_update_hands_over_the_forward_spool(tmp_path: Path) -> None:
+    """The new process holds what its target is offered until the old one has released the
+    spool, then sends the old one's unconfirmed tail and its own: every message upstream."""
+    upstream = Upstream()
+    upstream.start()
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f'[[forward]]\nname = "up"\nhost = "127.0.0.1"\nport = {upstream.port}\n'
+        'framing = "lf"\nconfirm_after_s = 0.2\n'
+    )
+    try:
+        result = update(tmp_path, signal.SIGTERM, "--config", str(config))
+    finally:
+        upstream.stop()
+    sent, found = result["sent"], result["found"]
+    assert isinstance(sent, dict) and isinstance(found, dict)
+    for kind in sent:
+        assert missing_numbers(found[kind], sent[kind]) == [], f"{kind}: not in the files"
+        assert missing_numbers(upstream.found[kind], sent[kind]) == [], f"{kind}: not upstream"
+    duplicated = {k: sum(c - 1 for c in upstream.found[k].values() if c > 1) for k in sent}
+    print(f"\nforwarded through the update: sent {sent}; duplicated upstream {duplicated}")
