@@ -330,7 +330,7 @@ class Registry:
             e.via = e.via or c.via
         on_disk = {c.ip for c in saved}
         self._fresh = [ip for ip in self._fresh if ip not in on_disk]
-        self._loaded = {ip: e.messages for ip, e in self._entries.items()}
+        self._loaded = {c.ip: c.messages for c in saved}  # what is merged in now
         self._dirty = True
 
     def _set_aside(self, exc: Exception) -> None:
