@@ -313,6 +313,17 @@ class Supervisor:
             worker.signal(signum)
 
 
+async def _stand_by(config: Config) -> int:
+    """Wait for the state dir, ready meanwhile: the sockets are bound, and the old process is
+    only stopped (releasing the state dir) once this pod is Ready."""
+    standing_by = health_server(config, dict, lambda: (True, "ready: bound, taking over"))
+    await start_health(standing_by)
+    try:
+        return await wait_for_state(config.state_dir)
+    finally:
+        await stop_health(standing_by)
+
+
 async def supervise(
     config: Config,
     *,
@@ -321,13 +332,14 @@ async def supervise(
     signals: Signals | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
-    # several workers: the state dir is taken before any worker opens its spools (a new
-    # supervisor beside an old one waits here; the old one's sockets serve meanwhile)
+    # bound first: beside an old supervisor (a rolling update) the new sockets join the groups
+    # and take over as the old ones close, so nothing is refused; what reaches them before
+    # the workers run waits in them. The state dir is taken before any worker opens its spools.
+    socket_sets = bind_listeners(config.listen, copies=config.workers)
     lock = try_lock_state(config.state_dir)
     if lock is None:
-        lock = await wait_for_state(config.state_dir)
+        lock = await _stand_by(config)
     registry, announcer = open_registry(config)
-    socket_sets = bind_listeners(config.listen, copies=config.workers)
     workers = [Worker(i, config, sockets, registry) for i, sockets in enumerate(socket_sets)]
     supervisor = Supervisor(config, workers)
     if signals is not None:
