@@ -375,6 +375,12 @@ async def supervise(
     finally:
         await stop_health(supervisor.http)
         supervisor.stopping = True
+        # our copies of the TCP sockets go first: each leaves its group when its worker has
+        # drained and closed it, and new connections then wait in the backlog of the process
+        # that bound beside us. The UDP copies stay to the end: that process's sockets would
+        # get the datagrams before its workers read them, more than its buffers hold.
+        for sockets in socket_sets:
+            close_all([s for s in sockets if s.kind != "udp"])
         await asyncio.gather(*(w.stop() for w in workers))
         await announcer.settle(config.children.hook_timeout_s)
         for task in background:
@@ -383,4 +389,4 @@ async def supervise(
         registry.close()
         release_state(lock)
         for sockets in socket_sets:
-            close_all(sockets)
+            close_all([s for s in sockets if s.kind == "udp"])
