@@ -178,17 +178,28 @@ def spool_stats(config: str | None, state_dir: str | None, as_json: bool) -> Non
 
 
 @main.command("rsyslog-conf")
-@click.option("--node-ip", required=True, help="The node's pod-network address (cni0's).")
+@click.option("--node-ip", help="The node's pod-network address (cni0's).")
+@click.option(
+    "--node-ip-env",
+    help="Or: the pod's environment variable holding the node's address (status.hostIP), "
+    'for plura-relay listening on "${HOST_IP}:514".',
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=514, show_default=True)
 @click.option("--tcp", is_flag=True, help="TCP with octet counting and a disk queue (default UDP).")
-def rsyslog_conf(node_ip: str, port: int, tcp: bool) -> None:
+def rsyslog_conf(node_ip: str | None, node_ip_env: str | None, port: int, tcp: bool) -> None:
     """Print the rsyslog.d snippet a pod needs to send its syslog to this node."""
-    from relay.node.podconf import pod_snippet
+    from relay.node.podconf import pod_snippet, pod_snippet_from_env
 
+    if (node_ip is None) == (node_ip_env is None):
+        raise click.UsageError("give one of --node-ip and --node-ip-env")
     try:
-        click.echo(pod_snippet(node_ip, tcp=tcp, port=port), nl=False)
+        if node_ip_env is not None:
+            click.echo(pod_snippet_from_env(node_ip_env, tcp=tcp, port=port), nl=False)
+            return
+        click.echo(pod_snippet(str(node_ip), tcp=tcp, port=port), nl=False)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--node-ip") from exc
+        hint = "--node-ip-env" if node_ip_env is not None else "--node-ip"
+        raise click.BadParameter(str(exc), param_hint=hint) from exc
 
 
 @main.command()

@@ -7,7 +7,10 @@ rejected with a message naming the key and what was expected.
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from string import Formatter
 from typing import Annotated, Any, Literal
@@ -64,8 +67,12 @@ class ListenConfig(Base, frozen=True, forbid_unknown_fields=True):
     drain_timeout_s: PositiveFloat = 1.0
     """At shutdown, how long open TCP connections may still deliver what is in flight."""
     allowed_sources: list[str] = msgspec.field(default_factory=list)
-    """CIDRs allowed to send (UDP and TCP), checked before any other work. Empty: the bridge's
-    subnet when `auto` bound to a bridge, else everyone."""
+    """CIDRs allowed to send (UDP and TCP), checked before any other work. Empty: `pod_cidr`
+    if given, else the bridge's subnet when `auto` bound to a bridge, else everyone."""
+    pod_cidr: str = ""
+    """The cluster's pod CIDR(s), comma-separated (`${VAR}` from the environment): the default
+    of `allowed_sources`. Required when an address comes from the environment (`${HOST_IP}`:
+    the node's own address is reachable from outside the pod network)."""
     rate_limit_per_source: NonNegativeFloat = 0.0
     """Messages per second per source address (0: no limit). Over UDP the excess is dropped
     and counted; over TCP the connection is paused instead (nothing is lost)."""
@@ -233,6 +240,9 @@ class OriginConfig(Base, frozen=True, forbid_unknown_fields=True):
 class MetricsConfig(Base, frozen=True, forbid_unknown_fields=True):
     listen: str = "127.0.0.1:9514"
     """HTTP `HOST:PORT` for /metrics, /healthz and /readyz; "" turns it off."""
+    scrape_listen: str = ""
+    """A second HTTP `HOST:PORT` serving /metrics only, for Prometheus (e.g. `${HOST_IP}:9515`
+    or `0.0.0.0:9515`); "" (default): none."""
 
 
 class LogConfig(Base, frozen=True, forbid_unknown_fields=True):
@@ -290,8 +300,59 @@ def is_auto(address: str) -> bool:
     return True
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults, then the TOML file, then `overrides` (dotted keys, e.g. `output.log_dir`)."""
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(text: str, key: str, environ: Mapping[str, str]) -> str:
+    """`${NAME}` replaced by the environment's NAME (e.g. the downward API's status.hostIP in
+    HOST_IP); an unset or empty one raises ConfigError naming `key`."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if not environ.get(name):
+            raise ConfigError(f"{key}: ${{{name}}} is not set in the environment")
+        return environ[name]
+
+    return _ENV_REFERENCE.sub(value, text)
+
+
+def _expand_listen(config: Config, where: str, environ: Mapping[str, str]) -> Config:
+    """Expand `${VAR}` in the address keys; an address from the environment needs pod_cidr or
+    allowed_sources, which then default to the pod CIDR."""
+    listen, metrics = config.listen, config.metrics
+    try:
+        addresses = [expand_env(a, "listen.addresses", environ) for a in listen.addresses]
+        allowed = [expand_env(c, "listen.allowed_sources", environ) for c in listen.allowed_sources]
+        pod_cidr = expand_env(listen.pod_cidr, "listen.pod_cidr", environ)
+        tls = [expand_env(a, "listen.tls.addresses", environ) for a in listen.tls.addresses]
+        metrics_listen = expand_env(metrics.listen, "metrics.listen", environ)
+        scrape = expand_env(metrics.scrape_listen, "metrics.scrape_listen", environ)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+    pod_cidrs = [c.strip() for c in pod_cidr.split(",") if c.strip()]
+    if not allowed and not pod_cidrs and any("${" in a for a in listen.addresses):
+        raise ConfigError(
+            f"{where}listen.pod_cidr: expected the pod network's CIDR (or listen.allowed_sources)"
+            " when listen.addresses comes from the environment"
+        )
+    listen = msgspec.structs.replace(
+        listen,
+        addresses=addresses,
+        allowed_sources=allowed or pod_cidrs,
+        pod_cidr=pod_cidr,
+        tls=msgspec.structs.replace(listen.tls, addresses=tls),
+    )
+    metrics = msgspec.structs.replace(metrics, listen=metrics_listen, scrape_listen=scrape)
+    return msgspec.structs.replace(config, listen=listen, metrics=metrics)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Defaults, then the TOML file, then `overrides` (dotted keys, e.g. `output.log_dir`);
+    `${VAR}` in the address keys from `environ` (default: the process's environment)."""
     raw: dict[str, Any] = {}
     if path is not None:
         try:
@@ -309,6 +370,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{where}{exc}") from exc
+    config = _expand_listen(config, where, os.environ if environ is None else environ)
     for address in config.listen.addresses:
         try:
             if not is_auto(address):
@@ -330,6 +392,17 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             ipaddress.ip_network(cidr, strict=False)
         except ValueError as exc:
             raise ConfigError(f"{where}allowed_sources / trusted_sources: {exc}") from exc
+    for key, address in (
+        ("metrics.listen", config.metrics.listen),
+        ("metrics.scrape_listen", config.metrics.scrape_listen),
+    ):
+        try:
+            if address:
+                parse_address(address, 9514)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{where}{key}: expected HOST:PORT with an IP address ({exc})"
+            ) from exc
     _check_tls_listeners(config.listen.tls, where)
     _check_forwards(config.forward, where)
     for index, route in enumerate(config.route):

@@ -21,9 +21,11 @@ Announcement, once per child across restarts:
   `announced` becomes true and is saved. Hooks are at-least-once (a crash between the hook
   succeeding and that save runs it again at start), so hook receivers should key on `ip`.
 
-Ownership: one process and one asyncio loop own the registry. If reception is ever spread over
-worker processes, the workers do not open the registry; they report `(ip, hostname,
-received_at, count)` to the owner, which calls `observe`.
+Ownership: one process and one asyncio loop own the registry (runtime.common's state-dir lock).
+During a rolling update the new process observes sources before the old one has saved and
+exited; it then `take_over`s: merges what the old one saved with what it saw meanwhile. If
+reception is ever spread over worker processes, the workers do not open the registry; they
+report `(ip, hostname, received_at, count)` to the owner, which calls `observe`.
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ class Registry:
         self._written_generation = 0
         self._written: bytes | None = None  # what children.json holds, if we know it is good
         self._save_errors = RateLimitedLog(FAILURE_LOG_INTERVAL_S)
+        self._loaded: dict[str, int] = {}  # messages per child as loaded (take_over's base)
         self._load()
 
     # -- hot path ---------------------------------------------------------------------------
@@ -295,8 +298,40 @@ class Registry:
             c = child
             entry = _Entry(c.first_seen, c.last_seen, c.hostname, c.messages, c.announced, c.via)
             self._entries[c.ip] = entry
+            self._loaded[c.ip] = c.messages
             if not child.announced:
                 self._unannounced.put_nowait(child.ip)
+
+    def take_over(self) -> None:
+        """The previous owner has saved and released the state dir: merge its last save into
+        what this process observed since it loaded the file (message counts add up, first and
+        last seen widen, announced if either announced it); children it already logged as new
+        are not logged again."""
+        try:
+            saved, self._written = _read(self.path)
+        except FileNotFoundError:
+            return
+        except (OSError, msgspec.DecodeError) as exc:
+            logger.warning("cannot read child registry %s to take it over (%s)", self.path, exc)
+            return
+        for c in saved:
+            e = self._entries.get(c.ip)
+            if e is None:
+                e = _Entry(c.first_seen, c.last_seen, c.hostname, c.messages, c.announced, c.via)
+                self._entries[c.ip] = e
+                if not c.announced:
+                    self._unannounced.put_nowait(c.ip)
+                continue
+            e.messages += c.messages - self._loaded.get(c.ip, 0)
+            e.first_seen = min(e.first_seen, c.first_seen)
+            if c.last_seen > e.last_seen:
+                e.last_seen, e.hostname = c.last_seen, c.hostname
+            e.announced = e.announced or c.announced
+            e.via = e.via or c.via
+        on_disk = {c.ip for c in saved}
+        self._fresh = [ip for ip in self._fresh if ip not in on_disk]
+        self._loaded = {c.ip: c.messages for c in saved}  # what is merged in now
+        self._dirty = True
 
     def _set_aside(self, exc: Exception) -> None:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")

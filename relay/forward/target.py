@@ -448,6 +448,7 @@ class Target:
             "truncated": self.too_large,
             "spool_records": self.pending_records,
             "spool_bytes": self.pending_bytes,
+            "spool_max_bytes": self.config.max_spool_bytes,
             "spool_oldest_age_s": self.oldest_age_s(now),
             "connected": float(self.connected),
         }

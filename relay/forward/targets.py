@@ -23,6 +23,10 @@ from relay.message import Offered, SyslogMessage
 
 logger = logging.getLogger(__name__)
 
+HELD_MAX_MESSAGES = 1_000_000
+"""While another process still owns the spools (a rolling update), what the targets are offered
+waits in memory, up to this many messages (beyond: dropped, counted, logged)."""
+
 
 def spool_directory(state_dir: str, target: str, worker: int) -> Path:
     return Path(state_dir) / "spool" / target / f"w{worker}"
@@ -54,10 +58,11 @@ def open_target(config: Forward, state_dir: str, worker: int, workers: int) -> T
     return Target(config, own, orphans)
 
 
-def open_forwarders(
+def open_targets(
     configs: list[Forward], state_dir: str, worker: int, workers: int
-) -> Forwarders:
-    """Every target of this worker; one whose spool cannot be used is left out, and reported."""
+) -> tuple[list[Target], dict[str, str]]:
+    """Every target of this worker, and those whose spool cannot be used (left out: name ->
+    why), which are reported."""
     targets, unusable = [], {}
     for config in configs:
         try:
@@ -69,19 +74,46 @@ def open_forwarders(
                 config.name, exc,
             )  # fmt: skip
             unusable[config.name] = str(exc)
-    return Forwarders(targets, unusable)
+    return targets, unusable
 
 
 class Forwarders:
     """All targets of one process: what the pipeline offers every message to."""
 
-    def __init__(self, targets: list[Target], unusable: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        targets: list[Target],
+        unusable: dict[str, str] | None = None,
+        *,
+        held: bool = False,
+    ) -> None:
+        """`unusable`: targets left out, name -> why; `held`: the spools are not ours yet
+        (`adopt` hands them over)."""
         self.targets = targets
         self.unusable = unusable or {}  # target -> why its spool cannot be used
         self.not_spooled = dict.fromkeys(self.unusable, 0)
         self.gate = Gate()
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
+        Take = tuple[list[Offered], str, float, bool, Callable[[bytes, str, float], SyslogMessage]]
+        self._held: list[Take] | None = [] if held else None
+        self._held_messages = 0
+        self.held_dropped = 0
+
+    def adopt(self, targets: list[Target], unusable: dict[str, str] | None = None) -> None:
+        """The spools are ours now: give them what was offered meanwhile, in order; start."""
+        held, self._held = self._held or [], None
+        self.targets = targets
+        self.unusable = unusable or {}
+        self.not_spooled = dict.fromkeys(self.unusable, 0)
+        for offered, peer, received_at, lossless, parse in held:
+            for target in targets:
+                target.take(offered, peer, received_at, lossless or self._draining, parse)
+        if self.held_dropped:
+            logger.error("forward: %d messages dropped while waiting for the spools (more than"
+                         " %d held)", self.held_dropped, HELD_MAX_MESSAGES)  # fmt: skip
+        self._update_gate()
+        self.start()
 
     def take(
         self,
@@ -94,6 +126,13 @@ class Forwarders:
         """After every received batch: each target spools (and writes, one write per target)
         what it wants of it. `lossless`: TCP data, taken even by a full `block` spool (its
         senders are paused afterwards instead)."""
+        if self._held is not None:
+            if self._held_messages + len(offered) > HELD_MAX_MESSAGES:
+                self.held_dropped += len(offered)
+            else:
+                self._held.append((offered, peer, received_at, lossless, parse))
+                self._held_messages += len(offered)
+            return
         lossless = lossless or self._draining
         for name in self.not_spooled:  # a target without a spool (before its filter)
             self.not_spooled[name] += len(offered)
@@ -154,6 +193,9 @@ class Forwarders:
         self.gate.set_closed(False)
 
     async def stop(self) -> None:
+        if self._held:
+            logger.error("forward: %d messages never spooled: the spools were not handed over",
+                         self._held_messages)  # fmt: skip
         await asyncio.gather(
             *(t.settle(min(t.config.confirm_after_s + 1.0, SETTLE_MAX_S)) for t in self.targets)
         )

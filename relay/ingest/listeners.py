@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from relay.config import ListenConfig, parse_address
 from relay.ingest.addresses import bind_socket
-from relay.ingest.steering import steer_by_source_ip
+from relay.ingest.steering import OLDEST, SUCCESSOR, steer_by_source_ip, steer_to
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +29,14 @@ class BoundSocket(NamedTuple):
 def bind_listeners(listen: ListenConfig, *, copies: int = 1) -> list[list[BoundSocket]]:
     """`copies` sets of sockets on the configured addresses, one set per worker process.
 
-    With several copies every socket has SO_REUSEPORT and a BPF program picks the socket by the
+    Every socket has SO_REUSEPORT, so that a new process (a rolling update) binds the same
+    address while the old one serves. With several copies a BPF program picks the socket by the
     sender's IP (relay.ingest.steering): all of a sender's datagrams and connections reach
-    the same worker, so its lines keep their order. Port 0 is resolved once, by the first TCP
-    socket.
+    the same worker, so its lines keep their order. With one, the group's oldest socket gets
+    everything until its process hands over (`hand_over`). Port 0 is resolved once, by the
+    first TCP socket.
     """
-    reuse_port = copies > 1
+    reuse_port = True
     sets: list[list[BoundSocket]] = []
     try:
         first = _bind_set(listen, listen.addresses, reuse_port)
@@ -51,9 +53,8 @@ def bind_listeners(listen: ListenConfig, *, copies: int = 1) -> list[list[BoundS
                 _bind_set(listen, resolved, reuse_port)
                 + _bind_tls(listen, resolved_tls, reuse_port)
             )
-        if copies > 1:
-            for bound in first:
-                _steer(bound, copies)
+        for bound in first:
+            _steer(bound, copies)
     except BaseException:
         close_all([item for bound in sets for item in bound])
         raise
@@ -62,13 +63,32 @@ def bind_listeners(listen: ListenConfig, *, copies: int = 1) -> list[list[BoundS
 
 def _steer(bound: BoundSocket, copies: int) -> None:
     try:
-        steer_by_source_ip(bound.sock, copies)
+        if copies == 1:
+            steer_to(bound.sock, OLDEST)
+        else:
+            steer_by_source_ip(bound.sock, copies)
     except OSError as exc:
+        if copies == 1:
+            logger.warning("%s %s:%d: cannot steer to the oldest socket (%s): a process started "
+                           "beside this one shares its traffic", bound.kind, bound.host,
+                           bound.port, exc)  # fmt: skip
+            return
         logger.warning(
             "%s %s:%d: cannot steer senders to workers by source IP (%s); a sender using "
             "several connections or ports may see its lines reordered",
             bound.kind, bound.host, bound.port, exc,
         )  # fmt: skip
+
+
+def hand_over(bound: list[BoundSocket]) -> None:
+    """Stopping (one process per address): new datagrams and connections go to the socket that
+    joined the group after ours, a new process's, if there is one (else still to ours)."""
+    for item in bound:
+        try:
+            steer_to(item.sock, SUCCESSOR)
+        except OSError as exc:
+            logger.warning("%s %s:%d: cannot hand over to a successor: %s",
+                           item.kind, item.host, item.port, exc)  # fmt: skip
 
 
 def close_all(bound: list[BoundSocket]) -> None:

@@ -1,4 +1,5 @@
-"""Steer each sender to one worker: a classic-BPF program on a SO_REUSEPORT group.
+"""Steer each sender to one worker: a classic-BPF program on a SO_REUSEPORT group; and, with
+one process, all traffic to the oldest socket of the group, until it hands over to the next.
 
 Without it the kernel hashes address *and port*, so two connections (or a TCP connection and
 UDP datagrams) from one sender may reach different workers, and that sender's lines could be
@@ -18,7 +19,7 @@ _SKF_NET_OFF = -0x100000  # negative offsets address the network (IP) header
 _LD_B_ABS, _LD_W_ABS = 0x30, 0x20
 _ALU_RSH_K, _ALU_XOR_X, _ALU_MOD_K = 0x74, 0xAC, 0x94
 _JMP_JEQ_K, _JMP_JA = 0x15, 0x05
-_MISC_TAX, _RET_A = 0x07, 0x16
+_MISC_TAX, _RET_A, _RET_K = 0x07, 0x16, 0x06
 
 
 def _insn(code: int, k: int = 0, jt: int = 0, jf: int = 0) -> bytes:
@@ -44,9 +45,30 @@ def source_ip_program(sockets: int) -> bytes:
     )
 
 
+def index_program(index: int) -> bytes:
+    """Every packet to the group's socket number `index` (in the order they joined; an index
+    past the last socket makes the kernel fall back to its hash, i.e. to the only one)."""
+    return _insn(_RET_K, index)
+
+
+OLDEST = 0
+"""One process per address (`workers = 1`): the socket that joined first serves; a process
+starting beside it (a rolling update) binds and waits for the old one to hand over."""
+SUCCESSOR = 1
+"""What the old process steers to when it stops: the socket that joined after its own."""
+
+
+def steer_to(sock: socket.socket, index: int) -> None:
+    """Send all of `sock`'s reuseport group's traffic to its socket number `index`."""
+    _attach(sock, index_program(index))
+
+
 def steer_by_source_ip(sock: socket.socket, sockets: int) -> None:
     """Attach the program to `sock`'s reuseport group (raises OSError where unsupported)."""
-    program = source_ip_program(sockets)
+    _attach(sock, source_ip_program(sockets))
+
+
+def _attach(sock: socket.socket, program: bytes) -> None:
     buffer = ctypes.create_string_buffer(program, len(program))
     fprog = struct.pack("HxxxxxxP", len(program) // 8, ctypes.addressof(buffer))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)

@@ -326,10 +326,14 @@ class TcpListener:
                     connection.transport.close()
 
     async def drain_and_close(self, timeout_s: float, sock: socket.socket | None = None) -> None:
-        """Stop accepting; let open connections deliver what is in flight, then close them.
+        """Stop accepting; half-close every connection and read until its sender closes it
+        (at most `timeout_s`, or until all have been quiet for a moment), then close them.
 
-        Connections the kernel has completed but we have not accepted yet (`sock`'s backlog)
-        hold data their senders consider delivered: they are accepted and drained too.
+        The FIN tells a sender that checks for a close before it sends (rsyslog's omfwd) to
+        reconnect, to whoever has the port now (a rolling update's new process): what it sent
+        before it noticed is still read here, so nothing is lost. Connections the kernel has
+        completed but we have not accepted yet (`sock`'s backlog) hold data their senders
+        consider delivered: they are accepted and drained too.
         """
         backlog = _accept_backlog(sock) if sock is not None else []
         if self.server is not None:
@@ -337,12 +341,16 @@ class TcpListener:
         loop = asyncio.get_running_loop()
         for accepted in backlog:
             await loop.connect_accepted_socket(self.protocol, accepted)
-        deadline = time.monotonic() + timeout_s
-        # what senders already sent sits in the kernel's buffers: read until the connections
-        # have been quiet for a moment (or the drain time is up) before closing them
+        for connection in list(self.connections):
+            _half_close(connection.transport)
+        started = time.monotonic()
+        deadline = started + timeout_s
+        # what senders already sent sits in the kernel's buffers: read until they have closed,
+        # or been quiet for a moment since the FIN went out (one that never checks would only
+        # notice on its next send; data crossing the FIN still arrives meanwhile)
         while self.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-            if time.monotonic() - self.last_data >= 0.2:
+            await asyncio.sleep(0.02)
+            if time.monotonic() - max(self.last_data, started) >= DRAIN_QUIET_S:
                 break
         for connection in list(self.connections):
             if connection.transport is not None:
@@ -351,3 +359,17 @@ class TcpListener:
             if not self.connections:
                 break
             await asyncio.sleep(0.01)
+
+
+DRAIN_QUIET_S = 0.2
+
+
+def _half_close(transport: asyncio.Transport | None) -> None:
+    """shutdown(SHUT_WR): our FIN, while we keep reading."""
+    if transport is None or transport.is_closing():
+        return
+    try:
+        if transport.can_write_eof():
+            transport.write_eof()
+    except (OSError, RuntimeError, NotImplementedError):
+        pass

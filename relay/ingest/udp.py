@@ -89,18 +89,23 @@ class UdpListener:
         self._reading = True
 
     def close(self) -> None:
-        """Stop reading, after handing on what the socket already holds."""
+        """Stop reading, after handing on everything the socket already holds (a closed socket
+        loses its queue: read it empty first)."""
         if self._reading:
             asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._reading = False
-            self._read()
+            while self._read():
+                pass
         self._sock.close()
 
-    def _read(self) -> None:
+    def _read(self) -> int:
+        """One batch; returns how many datagrams it took."""
+        before = self.datagrams
         if self._batch is not None:
             self._hand_on(self._read_batches(self._batch))
         else:
             self._hand_on(self._read_each())
+        return self.datagrams - before
 
     def _read_batches(self, batch: Batch) -> dict[str, list[bytes]]:
         peers, limit, view, slot = self._peers, self._max, batch.data, batch.slot

@@ -53,6 +53,32 @@ POD_TCP_TEMPLATE = (
 )
 """`str.format` fields: `target` (a bare address, IPv6 without brackets) and `port`."""
 
+POD_ENV_TEMPLATE = (
+    _HEADER.format(how="{how}, to the node's own address").replace(
+        "The target is\n# the node's address on the pod network: with flannel the cni0 bridge, "
+        "the pod's default gateway.",
+        "The target is\n# the node's address, from the pod's environment: give the pod "
+        "`env: [{{name: {env}, valueFrom:\n# {{fieldRef: {{fieldPath: status.hostIP}}}}}}]`"
+        " (any CNI; plura-relay listens on ${{{env}}} too).",
+    )
+    + """\
+# rsyslog reads the variable when it starts (a backtick string: only `echo $VAR` is allowed).
+*.info action(
+    type="omfwd" target=`echo ${env}` port="{port}" protocol="{protocol}"{tcp_settings}
+)
+"""
+)
+"""`str.format` fields: `how`, `env`, `port`, `protocol`, `tcp_settings`."""
+
+_TCP_SETTINGS = (
+    '\n    TCP_Framing="octet-counted"'
+    '\n    queue.type="LinkedList" queue.filename="plura-relay-fwd"'
+    '\n    queue.maxDiskSpace="100m" queue.saveOnShutdown="on"'
+    '\n    action.resumeRetryCount="-1"'
+)
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
@@ -87,3 +113,17 @@ def pod_snippet(node_ip: str, *, tcp: bool = False, port: int = DEFAULT_PORT) ->
         return POD_TCP_TEMPLATE.format(target=node_ip, port=port)
     target = f"[{node_ip}]" if is_v6 else node_ip
     return POD_UDP_TEMPLATE.format(target=target, port=port)
+
+
+def pod_snippet_from_env(env: str, *, tcp: bool = False, port: int = DEFAULT_PORT) -> str:
+    """The drop-in for a node address the pod gets from the downward API in variable `env`
+    (plura-relay's `listen.addresses = ["${HOST_IP}:514"]` mode, for any CNI)."""
+    if not _ENV_NAME.fullmatch(env):
+        raise ValueError(f"expecting an environment variable name, got {env!r}")
+    if not 1 <= port <= 65535:
+        raise ValueError(f"expecting a port in 1..65535, got {port}")
+    how = "over TCP (RFC 6587 octet-counted frames)" if tcp else "over UDP"
+    return POD_ENV_TEMPLATE.format(
+        how=how, env=env, port=port, protocol="tcp" if tcp else "udp",
+        tcp_settings=_TCP_SETTINGS if tcp else "",
+    )  # fmt: skip

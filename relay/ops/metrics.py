@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import cast
@@ -88,6 +89,7 @@ _FORWARD_COUNTERS: dict[str, tuple[str, str]] = {
 _FORWARD_GAUGES: dict[str, tuple[str, str]] = {
     "spool_records": ("forward_spool_records", "Messages spooled, not yet confirmed delivered"),
     "spool_bytes": ("forward_spool_bytes", "Bytes spooled, not yet confirmed delivered"),
+    "spool_max_bytes": ("forward_spool_max_bytes", "The spool's bound, max_spool_bytes"),
     "spool_oldest_age_s": ("forward_spool_oldest_age_seconds", "Age of the oldest spooled"),
     "connected": ("forward_connected", "Upstream connections up (per worker)"),
     "spool_unusable": ("forward_spool_unusable", "Spool directories that cannot be used"),
@@ -155,10 +157,24 @@ class RelayCollector(Collector):
 
 
 class HealthServer:
-    """A tiny HTTP/1.1 server on the event loop (GET only; one request per connection)."""
+    """A tiny HTTP/1.1 server on the event loop (GET only; one request per connection).
 
-    def __init__(self, address: tuple[str, int], stats: Stats, ready: Readiness) -> None:
+    `sock`: a listening socket bound by the caller (else it binds `address`); `metrics_only`:
+    serve /metrics and nothing else (the listener Prometheus reaches over the network).
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        stats: Stats,
+        ready: Readiness,
+        *,
+        sock: socket.socket | None = None,
+        metrics_only: bool = False,
+    ) -> None:
         self._address = address
+        self._sock = sock
+        self.metrics_only = metrics_only
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(RelayCollector(stats))
         self._ready = ready
@@ -169,10 +185,14 @@ class HealthServer:
 
     async def start(self) -> None:
         host, port = self._address
-        self._server = await asyncio.start_server(self._handle, host or "0.0.0.0", port)
+        if self._sock is not None:
+            self._server = await asyncio.start_server(self._handle, sock=self._sock)
+        else:
+            self._server = await asyncio.start_server(self._handle, host or "0.0.0.0", port)
         self.port = self._server.sockets[0].getsockname()[1]
         self._heart = asyncio.get_running_loop().create_task(self._heartbeat())
-        logger.info("metrics and health on http://%s:%d/metrics", host or "0.0.0.0", self.port)
+        what = "metrics" if self.metrics_only else "metrics and health"
+        logger.info("%s on http://%s:%d/metrics", what, host or "0.0.0.0", self.port)
 
     async def stop(self) -> None:
         if self._heart is not None:
@@ -189,6 +209,8 @@ class HealthServer:
     def respond(self, path: str) -> tuple[int, str, bytes]:
         if path == "/metrics":
             return 200, "text/plain; version=0.0.4", generate_latest(self._registry)
+        if self.metrics_only:
+            return 404, "text/plain", b"not found: only /metrics here\n"
         if path == "/healthz":
             stalled = time.monotonic() - self._beat
             if stalled > STALL_S:

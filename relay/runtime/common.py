@@ -5,10 +5,12 @@ hooks, the health server, the readiness probe of the log directory, resolving `a
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import resource
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,6 +20,8 @@ import msgspec
 from relay.children.hooks import Announcer
 from relay.children.registry import Registry
 from relay.config import Config, is_auto, parse_address
+from relay.ingest.addresses import bind_socket
+from relay.ingest.steering import SUCCESSOR, steer_to
 from relay.node.bridge import USUAL_BRIDGES, find_bridge_address
 from relay.ops.metrics import HealthServer, Readiness, Stats
 from relay.pipeline import ceelog_name
@@ -53,18 +57,57 @@ def registry_stats(registry: Registry, inactive_after_s: float) -> dict[str, flo
     }
 
 
-def health_server(config: Config, stats: Stats, ready: Readiness) -> HealthServer | None:
-    if not config.metrics.listen:
-        return None
-    return HealthServer(parse_address(config.metrics.listen, 9514), stats, ready)
+def health_server(config: Config, stats: Stats, ready: Readiness) -> list[HealthServer]:
+    """Health and metrics on `metrics.listen`, and /metrics alone on `metrics.scrape_listen`."""
+    servers = []
+    for address, metrics_only in ((config.metrics.listen, False),
+                                  (config.metrics.scrape_listen, True)):  # fmt: skip
+        if address:
+            host, port = parse_address(address, 9514)
+            servers.append(
+                HealthServer(
+                    (host, port),
+                    stats,
+                    ready,
+                    sock=_bind_http(host, port),
+                    metrics_only=metrics_only,
+                )
+            )
+    return servers
 
 
-async def start_health(health: HealthServer) -> None:
-    """A metrics port already in use must not keep syslog from being received: log it."""
+def _bind_http(host: str, port: int) -> socket.socket | None:
+    """SO_REUSEPORT, so that a new process (a rolling update) binds beside the old one, and
+    steered to the newest socket: the kubelet's probes reach the new process. None if the
+    address cannot be bound (logged by start_health when it tries again)."""
     try:
-        await health.start()
+        sock = bind_socket(host, port, socket.SOCK_STREAM, reuse_port=True)
+        sock.listen(64)
+    except OSError:
+        return None
+    try:
+        steer_to(sock, SUCCESSOR)
     except OSError as exc:
-        logger.error("cannot serve metrics and health: %s", exc)
+        logger.warning("metrics %s:%d: cannot steer to the newest process: %s", host, port, exc)
+    return sock
+
+
+async def start_health(health: list[HealthServer]) -> None:
+    """A metrics port already in use must not keep syslog from being received: log it."""
+    for server in health:
+        try:
+            await server.start()
+        except OSError as exc:
+            logger.error("cannot serve metrics and health: %s", exc)
+
+
+def main_health(health: list[HealthServer]) -> HealthServer | None:
+    return next((h for h in health if not h.metrics_only), None)
+
+
+async def stop_health(health: list[HealthServer]) -> None:
+    for server in health:
+        await server.stop()
 
 
 async def remove_expired_forever(registry: Registry, config: Config) -> None:
@@ -85,6 +128,45 @@ async def remove_expired_forever(registry: Registry, config: Config) -> None:
                     logger.info("removed %s: child %s inactive since %s", path, child.ip, since)
                 except OSError as exc:
                     logger.warning("cannot remove %s: %s", path, exc)
+
+
+STATE_LOCK = "plura-relay.lock"
+STATE_POLL_S = 0.05
+
+
+def try_lock_state(state_dir: str) -> int | None:
+    """The state dir's lock (flock on `<state_dir>/plura-relay.lock`, held for the process's
+    life): the registry and the forward spools have one owner. None if another process holds
+    it (a rolling update: the old process, until it has saved and exits)."""
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(state_dir) / STATE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+async def wait_for_state(state_dir: str) -> int:
+    path = Path(state_dir) / STATE_LOCK
+    try:
+        holder = path.read_text().strip() or "?"
+    except OSError:
+        holder = "?"
+    logger.warning(
+        "state dir %s is held by another plura-relay (pid %s): receiving meanwhile; the registry "
+        "and the forward spools are taken over when it exits", state_dir, holder,
+    )  # fmt: skip
+    while (fd := try_lock_state(state_dir)) is None:
+        await asyncio.sleep(STATE_POLL_S)
+    return fd
+
+
+def release_state(fd: int) -> None:
+    os.close(fd)  # closing the descriptor releases the flock
 
 
 def open_registry(config: Config) -> tuple[Registry, Announcer]:

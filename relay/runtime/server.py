@@ -14,9 +14,10 @@ import logging
 from collections.abc import Callable, Iterable
 
 from relay.config import Config
-from relay.forward.targets import open_forwarders
+from relay.forward.target import Target
+from relay.forward.targets import Forwarders, open_targets
 from relay.ingest.limits import Admission, SourceFilter, TokenBuckets
-from relay.ingest.listeners import LISTEN_BACKLOG, BoundSocket, bind_listeners
+from relay.ingest.listeners import LISTEN_BACKLOG, BoundSocket, bind_listeners, hand_over
 from relay.ingest.tcp import TcpListener
 from relay.ingest.udp import UdpListener
 from relay.node.hostnames import DnsHostnames
@@ -28,14 +29,23 @@ from relay.runtime.common import (
     Signals,
     health_server,
     log_dir_writable,
+    main_health,
     open_registry,
     registry_stats,
+    release_state,
     remove_expired_forever,
     start_health,
+    stop_health,
+    try_lock_state,
+    wait_for_state,
 )
 from relay.tls import server_context
 
 logger = logging.getLogger(__name__)
+
+HANDOVER_SETTLE_S = 0.1
+"""After handing the sockets to a successor, keep serving this long: what the kernel steered
+to ours just before (a SYN in its handshake, a datagram in flight) still arrives here."""
 
 
 class Server:
@@ -53,16 +63,18 @@ class Server:
         known_sources: Iterable[str] = (),
         admission_share: int = 1,
         worker_index: int = 0,
+        standby: bool = False,
     ) -> None:
         """`known_sources`: children registered before (admitted whatever the limits);
         `admission_share`: this process's share of max_children (1 of N workers: 1/N);
-        `worker_index`: which worker this is (names its forward spools)."""
+        `worker_index`: which worker this is (names its forward spools); `standby`: another
+        process still owns the state dir, the forward spools are opened by `take_over`."""
         self.config = config
+        self._worker_index = worker_index
         self.forward = None
         if config.forward:
-            self.forward = open_forwarders(
-                config.forward, config.state_dir, worker_index, config.workers
-            )
+            targets, unusable = ([], {}) if standby else self._open_targets()
+            self.forward = Forwarders(targets, unusable, held=standby)
         out, listen, children = config.output, config.listen, config.children
         self.sink = FileSink(
             out.log_dir,
@@ -107,6 +119,17 @@ class Server:
         self.udp: list[UdpListener] = []
         self.tcp: list[tuple[TcpListener, BoundSocket]] = []
         self.health: HealthServer | None = None
+        self.scrape: HealthServer | None = None  # metrics.scrape_listen
+
+    def _open_targets(self) -> tuple[list[Target], dict[str, str]]:
+        config = self.config
+        return open_targets(config.forward, config.state_dir, self._worker_index, config.workers)
+
+    def take_over(self) -> None:
+        """The state dir is ours now: open the forward spools (what the previous process left
+        in them is sent first) and hand them what was received meanwhile."""
+        if self.forward is not None:
+            self.forward.adopt(*self._open_targets())
 
     async def start_listeners(self) -> None:
         loop = asyncio.get_running_loop()
@@ -196,6 +219,9 @@ class Server:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self.config.workers == 1:  # workers steer by source IP: nothing to hand over
+            hand_over(self.sockets)
+            await asyncio.sleep(HANDOVER_SETTLE_S)
         for udp in self.udp:
             udp.close()
         drain_s = self.config.listen.drain_timeout_s
@@ -217,39 +243,58 @@ async def serve_here(
     on_ready: Callable[[Server | object], None] | None,
     signals: Signals | None,
 ) -> None:
-    loop = asyncio.get_running_loop()
     registry, announcer = open_registry(config)
+    lock = try_lock_state(config.state_dir)
     [sockets] = bind_listeners(config.listen)
     known = [child.ip for child in registry.children()]
-    server = Server(config, sockets, observer=registry, known_sources=known)
+    server = Server(config, sockets, observer=registry, known_sources=known, standby=lock is None)
     if signals is not None:
         signals.on_hup = server.reopen
     await server.start_listeners()
-    background = [
-        loop.create_task(registry.run_saver()),
-        loop.create_task(announcer.run(registry)),
-        loop.create_task(remove_expired_forever(registry, config)),
-    ]
+    background: list[asyncio.Task[None]] = []
+
+    async def own_state() -> None:
+        """Save the registry, announce and send upstream once the state dir is ours."""
+        nonlocal lock
+        if lock is None:
+            lock = await wait_for_state(config.state_dir)
+            registry.take_over()
+            server.take_over()
+            logger.info("took over %s from the previous process", config.state_dir)
+        loop = asyncio.get_running_loop()
+        background.extend([
+            loop.create_task(registry.run_saver()),
+            loop.create_task(announcer.run(registry)),
+            loop.create_task(remove_expired_forever(registry, config)),
+        ])  # fmt: skip
+
+    owner = asyncio.get_running_loop().create_task(own_state())
     inactive_after_s = config.children.inactive_after_s
     health = health_server(
         config,
         lambda: {**server.stats(), **registry_stats(registry, inactive_after_s), "workers": 1},
         server.ready,
     )
-    if health is not None:
-        await start_health(health)
-    server.health = health
+    await start_health(health)
+    server.health = main_health(health)
+    server.scrape = next((h for h in health if h.metrics_only), None)
     if on_ready is not None:
         on_ready(server)
     try:
         await shutdown()
         logger.info("shutting down")
     finally:
-        if health is not None:
-            await health.stop()
+        await stop_health(health)
         await server.stop()
-        await announcer.settle(config.children.hook_timeout_s)
+        owner.cancel()
+        await asyncio.gather(owner, return_exceptions=True)
+        if background:
+            await announcer.settle(config.children.hook_timeout_s)
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        registry.close()
+        if lock is not None:
+            registry.close()
+            release_state(lock)
+        else:  # never ours: the owner saves its own; what only we saw is lost (logged)
+            logger.warning("stopped before the state dir was handed over: registry not saved")

@@ -35,10 +35,15 @@ from relay.runtime.common import (
     Signals,
     health_server,
     log_dir_writable,
+    main_health,
     open_registry,
     registry_stats,
+    release_state,
     remove_expired_forever,
     start_health,
+    stop_health,
+    try_lock_state,
+    wait_for_state,
 )
 from relay.runtime.server import Server
 
@@ -269,6 +274,8 @@ class Supervisor:
         self.bound = [(s.kind, s.host, s.port) for s in workers[0].sockets]
         self.stopping = False
         self.health: HealthServer | None = None
+        self.http: list[HealthServer] = []
+        self.scrape: HealthServer | None = None  # metrics.scrape_listen
 
     async def watch(self, worker: Worker) -> None:
         """Restart a worker that exits on its own."""
@@ -313,6 +320,17 @@ class Supervisor:
             worker.signal(signum)
 
 
+async def _stand_by(config: Config) -> int:
+    """Wait for the state dir, ready meanwhile: the sockets are bound, and the old process is
+    only stopped (releasing the state dir) once this pod is Ready."""
+    standing_by = health_server(config, dict, lambda: (True, "ready: bound, taking over"))
+    await start_health(standing_by)
+    try:
+        return await wait_for_state(config.state_dir)
+    finally:
+        await stop_health(standing_by)
+
+
 async def supervise(
     config: Config,
     *,
@@ -321,8 +339,14 @@ async def supervise(
     signals: Signals | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
-    registry, announcer = open_registry(config)
+    # bound first: beside an old supervisor (a rolling update) the new sockets join the groups
+    # and take over as the old ones close, so nothing is refused; what reaches them before
+    # the workers run waits in them. The state dir is taken before any worker opens its spools.
     socket_sets = bind_listeners(config.listen, copies=config.workers)
+    lock = try_lock_state(config.state_dir)
+    if lock is None:
+        lock = await _stand_by(config)
+    registry, announcer = open_registry(config)
     workers = [Worker(i, config, sockets, registry) for i, sockets in enumerate(socket_sets)]
     supervisor = Supervisor(config, workers)
     if signals is not None:
@@ -347,22 +371,29 @@ async def supervise(
             lambda: {**supervisor.stats(), **registry_stats(registry, inactive_after_s)},
             supervisor.ready,
         )
-        if health is not None:
-            await start_health(health)
-        supervisor.health = health
+        await start_health(health)
+        supervisor.health = main_health(health)
+        supervisor.http = health
+        supervisor.scrape = next((h for h in health if h.metrics_only), None)
         if on_ready is not None:
             on_ready(supervisor)
         await shutdown()
         logger.info("shutting down %d workers", len(workers))
     finally:
-        if supervisor.health is not None:
-            await supervisor.health.stop()
+        await stop_health(supervisor.http)
         supervisor.stopping = True
+        # our copies of the TCP sockets go first: each leaves its group when its worker has
+        # drained and closed it, and new connections then wait in the backlog of the process
+        # that bound beside us. The UDP copies stay to the end: that process's sockets would
+        # get the datagrams before its workers read them, more than its buffers hold.
+        for sockets in socket_sets:
+            close_all([s for s in sockets if s.kind != "udp"])
         await asyncio.gather(*(w.stop() for w in workers))
         await announcer.settle(config.children.hook_timeout_s)
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         registry.close()
+        release_state(lock)
         for sockets in socket_sets:
-            close_all(sockets)
+            close_all([s for s in sockets if s.kind == "udp"])

@@ -317,7 +317,7 @@ def test_image_serves_udp_and_tcp_as_non_root(
 
 
 # How the image runs on port 514: as its own user (plain `docker run`), and as
-# conf/k8s/plura-relay-daemonset.yaml runs it (uid 0 holding nothing but NET_BIND_SERVICE,
+# conf/k8s/base/daemonset.yaml runs it (uid 0 holding nothing but NET_BIND_SERVICE,
 # no_new_privs, read-only root filesystem).
 SECURITY = {
     "image-user": (UID, []),
