@@ -79,8 +79,17 @@ class ListenConfig(Base, frozen=True, forbid_unknown_fields=True):
     rate_limit_burst: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     """Open TCP connections at most; more are refused (closed at once) and counted."""
+    max_connections_per_source: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 100
+    """Open TCP and TLS connections from one address at most (per worker; steering sends all
+    of an address's connections to one worker): one host cannot take every slot. A pod's
+    rsyslog uses one, a relay one per worker and target; a NAT in front of many senders may
+    need more. More are refused and counted."""
     idle_timeout_s: NonNegativeFloat = 3600.0
     """A TCP connection silent for this long is closed (0: never)."""
+    frame_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 60.0
+    """A TCP frame (message) begun must be complete within this long, or the connection
+    counts as idle and is closed (a slow-loris sending a byte a second); 0: never. 60 s
+    lets a max-size message through at 135 bytes/s."""
     tls: ListenTls = msgspec.field(default_factory=lambda: ListenTls())
     """TLS listeners (syslog over TLS, RFC 5425), e.g. for a relay sending to this one."""
 

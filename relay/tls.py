@@ -14,6 +14,10 @@ from relay.config import ForwardTls, ListenTls
 def server_context(tls: ListenTls) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # No TLS 1.3 session tickets: they are sent after the handshake, and a sender that never
+    # reads (syslog senders only write) then closes with unread bytes in its receive buffer,
+    # which makes its kernel reset the connection and throw away what it had not yet sent.
+    context.num_tickets = 0
     _load_chain(context, tls.cert_file, tls.key_file)
     if tls.client_ca_file:
         _load_ca(context, tls.client_ca_file)

@@ -112,6 +112,11 @@ class Framer:
         """Bytes held in partial state (at most `max_msg_bytes`)."""
         return len(self._buf)
 
+    @property
+    def in_frame(self) -> bool:
+        """A frame has begun and not ended (bytes of it held or being skipped)."""
+        return self._state != _START
+
     def feed(self, data: bytes) -> list[bytes]:
         """Consume the next bytes of the stream; return the frames they complete."""
         out: list[bytes] = []

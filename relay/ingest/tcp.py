@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from relay.ingest.addresses import peer_ip
 from relay.ingest.framing import Framer
@@ -19,6 +20,7 @@ from relay.tls import describe
 logger = logging.getLogger(__name__)
 
 OnFrames = Callable[[list[bytes], str, float], None]
+SUMMARY_INTERVAL_S = 10.0  # idle closes, refusals and resets: at most one line per kind this often
 
 
 class TcpConnection(asyncio.Protocol):
@@ -29,8 +31,10 @@ class TcpConnection(asyncio.Protocol):
         self.peer = "?"
         self.transport: asyncio.Transport | None = None
         self.last_data = time.monotonic()
+        self.frame_since: float | None = None  # when the frame still incomplete began
         self._held: list[bytes] = []  # frames waiting for the rate limit
         self._release_handle: asyncio.TimerHandle | None = None
+        self._has_slot = False  # counted in the server's per-source connections
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -41,16 +45,26 @@ class TcpConnection(asyncio.Protocol):
             self.transport.abort()  # not an allowed source: no further work
             return
         if len(server.connections) >= server.max_connections:
-            server.refused_connections += 1
-            self.transport.abort()
+            server.refuse(self, "max_connections")
             return
+        if server.per_source.get(self.peer, 0) >= server.max_connections_per_source:
+            server.refuse(self, "max_connections_per_source")
+            return
+        server.per_source[self.peer] = server.per_source.get(self.peer, 0) + 1
+        self._has_slot = True
         server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         server = self._server
-        server.last_data = self.last_data = time.monotonic()
+        server.last_data = self.last_data = now = time.monotonic()
         server.bytes += len(data)
         frames = self._framer.feed(data)
+        # a frame that takes too long to complete counts as idle (one byte a second would
+        # otherwise hold the slot for ever): note when the frame now incomplete began
+        if not self._framer.in_frame:
+            self.frame_since = None
+        elif frames or self.frame_since is None:
+            self.frame_since = now
         if frames:
             server.frames += len(frames)
             if server.rate_limit is None:
@@ -101,6 +115,11 @@ class TcpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._release_handle is not None:
             self._release_handle.cancel()
+        if isinstance(exc, OSError) and self._has_slot:
+            # a reset: what the sender's kernel still held for us is gone, and we cannot know
+            # how much; counted and logged (RST answers a sender's close with unread data)
+            self._server.resets += 1
+            self._server.summary.note("reset", self.peer)
         # frames held by the rate limit were received: hand them on; and a partial LF frame at
         # close is still a message, as in rsyslog
         frames = self._held + self._framer.close()
@@ -110,6 +129,9 @@ class TcpConnection(asyncio.Protocol):
             self._on_frames(frames, self.peer, time.time())
         self._server.account(self._framer)
         self._server.connections.discard(self)
+        if self._has_slot:
+            self._has_slot = False
+            self._server.release_slot(self.peer)
         self.transport = None
 
 
@@ -130,15 +152,16 @@ class TlsConnection(TcpConnection):
         self._handshaken = False
         self._reported = False  # the failure has been logged and counted
         self._timer: asyncio.TimerHandle | None = None
+        self._close_notified = False  # the client sent close_notify
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if self.transport is not None and not self.transport.is_closing():
+    def data_received(self, data: bytes) -> None:
+        if not self._handshaken and self._timer is None:
+            # the handshake timeout starts with the first byte: syslog-ng connects at start
+            # and handshakes only with its first message; until then the idle timeout rules
             self._timer = asyncio.get_running_loop().call_later(
                 self._server.tls_handshake_timeout_s, self._handshake_timed_out
             )
-
-    def data_received(self, data: bytes) -> None:
+        self._server.last_data = self.last_data = time.monotonic()
         self._incoming.write(data)
         try:
             if not self._handshaken:
@@ -157,18 +180,34 @@ class TlsConnection(TcpConnection):
         self._send_tls_records()
         if plain:
             super().data_received(plain)
+        if self._incoming.pending and self.frame_since is None:
+            self.frame_since = self.last_data  # a TLS record begun is a frame begun
+        if self._close_notified:
+            self._answer_close_notify()
 
     def _read_plain(self) -> bytes:
         chunks = []
         while True:
             try:
                 chunk = self._tls.read(256 * 1024)
-            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
-                break  # all there is for now, or the client's close_notify
-            if not chunk:
+            except ssl.SSLWantReadError:
+                break  # all there is for now
+            except ssl.SSLZeroReturnError:
+                chunk = b""
+            if not chunk:  # (an SSLObject reads b"" once the client's close_notify came)
+                self._close_notified = True
                 break
             chunks.append(chunk)
         return b"".join(chunks)
+
+    def _answer_close_notify(self) -> None:
+        """The client is done: send our close_notify and close (RFC 5246 7.2.1)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        with contextlib.suppress(ssl.SSLError, ValueError):  # if it fails, close all the same
+            self._tls.unwrap()
+        self._send_tls_records()
+        self.transport.close()
 
     def _send_tls_records(self) -> None:
         pending = self._outgoing.read()
@@ -193,7 +232,8 @@ class TlsConnection(TcpConnection):
 
     def _handshake_timed_out(self) -> None:
         if not self._handshaken and self.transport is not None:
-            self._fail(f"no handshake within {self._server.tls_handshake_timeout_s:g}s")
+            timeout = self._server.tls_handshake_timeout_s
+            self._fail(f"no handshake within {timeout:g}s of the first byte")
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -202,6 +242,11 @@ class TlsConnection(TcpConnection):
         # (a refused source never reached the handshake: not a TLS failure)
         if not self._handshaken and self in self._server.connections:
             self._fail(describe(exc) if exc is not None else "closed before the handshake")
+            exc = None  # no message could have been lost before the handshake: not a reset
+        elif self._incoming.pending:
+            # the stream ended inside a TLS record: those bytes cannot be decrypted
+            self._server.discarded_bytes += self._incoming.pending
+            self._server.summary.note("tls_cut", self.peer, self._incoming.pending)
         super().connection_lost(exc)
 
 
@@ -218,6 +263,41 @@ def _accept_backlog(sock: socket.socket) -> list[socket.socket]:
         accepted.append(conn)
 
 
+# what the summary lines say, per kind: (level, text with the count, the setting, last peer)
+_SUMMARIES: dict[str, tuple[int, str]] = {
+    "idle": (logging.INFO, "closed %d idle TCP connection(s) (silent for %s; last from %s)"),
+    "slow_frame": (logging.INFO, "closed %d TCP connection(s) whose frame took longer than "
+                   "frame_timeout_s (%s) to complete (last from %s)"),
+    "max_connections": (logging.WARNING, "refused %d TCP connection(s): max_connections (%s) "
+                        "open (last from %s)"),
+    "max_connections_per_source": (logging.WARNING, "refused %d TCP connection(s) over "
+                                   "max_connections_per_source (%s) (last from %s)"),
+    "reset": (logging.WARNING, "%d TCP connection(s) reset by the sender%s: what it had not "
+              "sent yet is lost (last from %s)"),
+    "tls_cut": (logging.WARNING, "%d byte(s) of unfinished TLS records lost at close%s "
+                "(last from %s)"),
+}  # fmt: skip
+
+
+class Summary:
+    """Events that would otherwise log a line each (idle closes, refusals, resets), counted
+    per kind between two `log` calls and logged as one line per kind."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, list[Any]] = {}  # kind -> [count, last peer]
+
+    def note(self, kind: str, peer: str, count: int = 1) -> None:
+        entry = self._counts.setdefault(kind, [0, peer])
+        entry[0] += count
+        entry[1] = peer
+
+    def log(self, settings: dict[str, str]) -> None:
+        counts, self._counts = self._counts, {}
+        for kind, (count, peer) in counts.items():
+            level, text = _SUMMARIES[kind]
+            logger.log(level, text, count, settings.get(kind, ""), peer)
+
+
 class TcpListener:
     """Owns the accepted connections of one listening socket and their framing settings."""
 
@@ -230,13 +310,17 @@ class TcpListener:
         sources: SourceFilter | None = None,
         rate_limit: TokenBuckets | None = None,
         max_connections: int = 10_000,
+        max_connections_per_source: int = 10_000,
         idle_timeout_s: float = 0.0,
+        frame_timeout_s: float = 0.0,
         gate: Gate | None = None,
         tls: ssl.SSLContext | None = None,
         tls_handshake_timeout_s: float = 10.0,
     ) -> None:
         """`gate`: closed while a downstream queue is full (connections pause); `tls`: the
-        listener's TLS context (handshake per connection, then as TCP)."""
+        listener's TLS context (handshake per connection, then as TCP); `idle_timeout_s`,
+        `frame_timeout_s`: close a connection silent that long, or whose frame took that long
+        without completing (0: never)."""
         self.on_frames = on_frames
         self.gate = gate
         self.tls = tls
@@ -255,8 +339,14 @@ class TcpListener:
         self.sources = sources
         self.rate_limit = rate_limit
         self.max_connections = max_connections
+        self.max_connections_per_source = max_connections_per_source
+        self.per_source: dict[str, int] = {}  # open connections per peer address
         self.idle_timeout_s = idle_timeout_s
+        self.frame_timeout_s = frame_timeout_s
         self.refused_connections = 0
+        self.refused_per_source = 0
+        self.resets = 0
+        self.summary = Summary()
         self.idle_closed = 0
         self.paused = 0
         self.server: asyncio.base_events.Server | None = None
@@ -274,6 +364,21 @@ class TcpListener:
 
     extra_frame_delimiter: int | None = None
     """listen.extra_frame_delimiter (rsyslog's AddtlFrameDelimiter), for new connections."""
+
+    def refuse(self, connection: TcpConnection, limit: str) -> None:
+        self.refused_connections += 1
+        if limit == "max_connections_per_source":
+            self.refused_per_source += 1
+        self.summary.note(limit, connection.peer)
+        if connection.transport is not None:
+            connection.transport.abort()
+
+    def release_slot(self, peer: str) -> None:
+        left = self.per_source.get(peer, 1) - 1
+        if left > 0:
+            self.per_source[peer] = left
+        else:
+            self.per_source.pop(peer, None)
 
     def new_framer(self) -> Framer:
         self.accepted += 1
@@ -301,6 +406,8 @@ class TcpListener:
             "tcp_framing_errors": self.framing_errors + sum(f.framing_errors for f in live),
             "tcp_buffered_bytes": sum(f.buffered_bytes for f in live),
             "tcp_refused_connections": self.refused_connections,
+            "tcp_refused_per_source": self.refused_per_source,
+            "tcp_resets": self.resets,
             "tcp_idle_closed": self.idle_closed,
             "tcp_rate_paused": self.paused,
             "tls_handshake_failed": self.tls_failed,
@@ -312,18 +419,39 @@ class TcpListener:
         self.discarded_bytes += framer.discarded_bytes
 
     async def close_idle_forever(self) -> None:
-        """Close connections silent for idle_timeout_s (a peer that vanished without a FIN, or
-        a slow-loris holding a slot)."""
-        if not self.idle_timeout_s:
-            return
+        """Close connections silent for idle_timeout_s (a peer that vanished without a FIN) or
+        whose frame is not complete after frame_timeout_s (a slow-loris holding a slot); log
+        what was closed, refused or reset since the last round, one line per kind."""
+        timeouts = [t / 4 for t in (self.idle_timeout_s, self.frame_timeout_s) if t]
+        interval = max(min([*timeouts, SUMMARY_INTERVAL_S]), 0.01)
+        settings = {
+            "idle": f"{self.idle_timeout_s:g}s",
+            "slow_frame": f"{self.frame_timeout_s:g}s",
+            "max_connections": str(self.max_connections),
+            "max_connections_per_source": str(self.max_connections_per_source),
+            "reset": " (TLS)" if self.tls is not None else "",
+            "tls_cut": "",
+        }
         while True:
-            await asyncio.sleep(min(self.idle_timeout_s / 4, 30.0))
-            cutoff = time.monotonic() - self.idle_timeout_s
-            for connection in [c for c in self.connections if c.last_data < cutoff]:
-                if connection.transport is not None:
-                    self.idle_closed += 1
-                    logger.info("closing idle TCP connection from %s", connection.peer)
-                    connection.transport.close()
+            await asyncio.sleep(interval)
+            self.close_idle(time.monotonic())
+            self.summary.log(settings)
+
+    def close_idle(self, now: float) -> None:
+        idle_cutoff = now - self.idle_timeout_s if self.idle_timeout_s else -math.inf
+        frame_cutoff = now - self.frame_timeout_s if self.frame_timeout_s else -math.inf
+        for connection in list(self.connections):
+            if connection.transport is None or connection.transport.is_closing():
+                continue
+            if connection.last_data < idle_cutoff:
+                kind = "idle"
+            elif connection.frame_since is not None and connection.frame_since < frame_cutoff:
+                kind = "slow_frame"
+            else:
+                continue
+            self.idle_closed += 1
+            self.summary.note(kind, connection.peer)
+            connection.transport.close()
 
     async def drain_and_close(self, timeout_s: float, sock: socket.socket | None = None) -> None:
         """Stop accepting; half-close every connection and read until its sender closes it
