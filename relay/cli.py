@@ -93,13 +93,17 @@ def serve(
 @click.option("--index", type=int, required=True)
 @click.option("--report-fd", type=int, required=True)
 @click.option("--socket", "sockets", multiple=True, required=True)
-def worker(index: int, report_fd: int, sockets: tuple[str, ...]) -> None:
+@click.option("--standby", is_flag=True, help="Wait on stdin for the index of the worker to be.")
+def worker(index: int, report_fd: int, sockets: tuple[str, ...], standby: bool) -> None:
     """Internal: one worker process of `serve --workers N` (started by the supervisor)."""
     import uvloop
 
-    from relay.runtime.workers import run_worker, worker_config, worker_sockets
+    from relay.runtime.workers import await_role, run_worker, worker_config, worker_sockets
 
     cfg = worker_config()
+    if standby:  # everything is imported: from here on a start takes milliseconds
+        index, specs = await_role(list(sockets))
+        sockets = tuple(specs)
     setup_logging(cfg.log.level, cfg.log.format, tag=f"worker {index}")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(run_worker(cfg, worker_sockets(list(sockets)), report_fd, index))

@@ -91,6 +91,19 @@ def hand_over(bound: list[BoundSocket]) -> None:
                            item.kind, item.host, item.port, exc)  # fmt: skip
 
 
+def steer_around(first: list[BoundSocket], copies: int, down: set[int]) -> None:
+    """Steer the senders of the copies in `down` (workers not serving) to live ones; an empty
+    `down` puts every sender back on its own copy. `first`: the first set (one socket per
+    reuseport group is enough to replace the group's program)."""
+    live = [index for index in range(copies) if index not in down]
+    redirect = {dead: live[dead % len(live)] for dead in sorted(down)} if live else {}
+    for bound in first:
+        try:
+            steer_by_source_ip(bound.sock, copies, redirect)
+        except OSError as exc:  # steering was refused at bind already (logged there)
+            logger.debug("%s %s:%d: cannot steer: %s", bound.kind, bound.host, bound.port, exc)
+
+
 def close_all(bound: list[BoundSocket]) -> None:
     for item in bound:
         item.sock.close()

@@ -5,8 +5,11 @@ kernel hashes a UDP sender (address and port) to one socket, so a sender's messa
 order, and spreads TCP connections. Workers append whole lines with O_APPEND, so two workers may
 share a file. The supervisor binds the sockets (and keeps them, so a worker that dies is
 restarted on the same sockets without losing what queued meanwhile), owns the child registry and
-its hooks, and forwards SIGHUP/SIGTERM. Workers report their sources to it over a pipe:
-`(ip, last hostname, last seen, messages)` per source, every REPORT_INTERVAL_S and at exit.
+its hooks, and forwards SIGHUP/SIGTERM. A dead worker is replaced at once by a standby process
+started ahead (interpreter and imports done, waiting to be told which worker it is), and while
+it is down the kernel steers its senders to a live worker (relay.ingest.steering). Workers
+report their sources to it over a pipe: `(ip, last hostname, last seen, messages)` per source,
+every REPORT_INTERVAL_S and at exit.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import msgspec
 
 from relay.children.registry import Registry, load_children
 from relay.config import Config
-from relay.ingest.listeners import BoundSocket, bind_listeners, close_all
+from relay.ingest.listeners import BoundSocket, bind_listeners, close_all, steer_around
 from relay.ops.metrics import HealthServer
 from relay.runtime.common import (
     Shutdown,
@@ -50,7 +53,8 @@ from relay.runtime.server import Server
 logger = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S = 0.2
-RESTART_DELAY_S = 1.0
+RESTART_DELAY_S = 1.0  # before a restart after two deaths in a row within CRASH_LOOP_S of start
+CRASH_LOOP_S = 2.0
 STOP_TIMEOUT_S = 30.0
 STARTUP_TIMEOUT_S = 30.0
 CONFIG_ENV = "PLURA_RELAY_WORKER_CONFIG"
@@ -168,6 +172,24 @@ def worker_sockets(specs: list[str]) -> list[BoundSocket]:
     return sockets
 
 
+def await_role(specs: list[str]) -> tuple[int, list[str]]:
+    """A standby: block until the supervisor names the worker to become (a line on stdin),
+    then keep that worker's sockets (`INDEX:kind,fd,host,port` specs) and close the others.
+    EOF (the supervisor stopped or no longer needs a standby) exits quietly."""
+    line = sys.stdin.readline()
+    if not line.strip():
+        raise SystemExit(0)
+    index = int(line)
+    mine = []
+    for spec in specs:
+        owner, _, rest = spec.partition(":")
+        if int(owner) == index:
+            mine.append(rest)
+        else:
+            os.close(int(rest.split(",")[1]))
+    return index, mine
+
+
 def worker_config() -> Config:
     return msgspec.json.decode(os.environ[CONFIG_ENV], type=Config)
 
@@ -205,6 +227,67 @@ class _ReportReader(asyncio.Protocol):
                 future.set_result(None)
 
 
+def _worker_env() -> dict[str, str]:
+    return {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+
+
+class Standby:
+    """A worker process started ahead of need: the interpreter is up and the code imported
+    (about 0.5 s of a start), it holds every worker's sockets and waits on stdin for the index
+    of the worker it is to replace; then it serves within milliseconds."""
+
+    def __init__(self, config: Config, socket_sets: list[list[BoundSocket]], registry: Registry):
+        self.config = config
+        self.socket_sets = socket_sets
+        self.registry = registry
+        self.process: asyncio.subprocess.Process | None = None
+        self.reader: _ReportReader | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        read_fd, write_fd = os.pipe()
+        args = [sys.executable, "-m", "relay", "worker", "--standby", "--index", "-1",
+                "--report-fd", str(write_fd)]  # fmt: skip
+        fds = [write_fd]
+        for index, sockets in enumerate(self.socket_sets):
+            for s in sockets:
+                args += ["--socket", f"{index}:{s.kind},{s.sock.fileno()},{s.host},{s.port}"]
+                fds.append(s.sock.fileno())
+        env = {**_worker_env(), CONFIG_ENV: msgspec.json.encode(self.config).decode()}
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *args, stdin=asyncio.subprocess.PIPE, pass_fds=fds, env=env
+            )
+        finally:
+            os.close(write_fd)
+        _, protocol = await loop.connect_read_pipe(
+            lambda: _ReportReader(self.registry), os.fdopen(read_fd, "rb")
+        )
+        self.reader = protocol
+
+    def take(self, index: int) -> tuple[asyncio.subprocess.Process, _ReportReader] | None:
+        """The standby becomes worker `index` (None: there is no live standby)."""
+        process, reader = self.process, self.reader
+        self.process = self.reader = None
+        if process is None or reader is None or process.returncode is not None:
+            return None
+        assert process.stdin is not None
+        process.stdin.write(b"%d\n" % index)
+        return process, reader
+
+    async def stop(self) -> None:
+        if self.process is None:
+            return
+        process, self.process = self.process, None
+        if process.stdin is not None:
+            process.stdin.close()  # EOF: it exits
+        try:
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
 class Worker:
     """One worker process on its own set of sockets; restarted on the same sockets if it dies."""
 
@@ -224,11 +307,7 @@ class Worker:
                 "--report-fd", str(write_fd)]  # fmt: skip
         for spec in specs:
             args += ["--socket", spec]
-        env = {
-            **os.environ,
-            CONFIG_ENV: msgspec.json.encode(self.config).decode(),
-            SUPERVISOR_ENV: str(os.getpid()),
-        }
+        env = {**_worker_env(), CONFIG_ENV: msgspec.json.encode(self.config).decode()}
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *args, pass_fds=[write_fd, *(s.sock.fileno() for s in self.sockets)], env=env
@@ -239,6 +318,14 @@ class Worker:
             lambda: _ReportReader(self.registry), os.fdopen(read_fd, "rb")
         )
         self.reader = protocol
+
+    def adopt(self, standby: Standby) -> bool:
+        """Become the standby process (False: there was none to take)."""
+        taken = standby.take(self.index)
+        if taken is None:
+            return False
+        self.process, self.reader = taken
+        return True
 
     async def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         """Until the worker serves (a SIGTERM before that would kill it without a drain)."""
@@ -268,27 +355,57 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, config: Config, workers: list[Worker]) -> None:
+    def __init__(self, config: Config, workers: list[Worker], standby: Standby) -> None:
         self.config = config
         self.workers = workers
+        self.standby = standby
         self.bound = [(s.kind, s.host, s.port) for s in workers[0].sockets]
         self.stopping = False
         self.health: HealthServer | None = None
         self.http: list[HealthServer] = []
         self.scrape: HealthServer | None = None  # metrics.scrape_listen
+        self.down: set[int] = set()  # workers not serving: their senders go to live ones
+        self._standby_task: asyncio.Task[None] | None = None
+
+    def steer(self) -> None:
+        steer_around(self.workers[0].sockets, len(self.workers), self.down)
 
     async def watch(self, worker: Worker) -> None:
-        """Restart a worker that exits on its own."""
+        """Replace a worker that exits on its own: by the standby at once (a worker dying again
+        right after its restart waits RESTART_DELAY_S first: a crash loop must not spin)."""
+        loop = asyncio.get_running_loop()
+        quick_deaths = 0
         while True:
             assert worker.process is not None
+            started = loop.time()
             code = await worker.process.wait()
             if self.stopping:
                 return
+            died = loop.time()
+            self.down.add(worker.index)
+            self.steer()
             logger.error("worker %d exited with status %s: restarting it", worker.index, code)
-            await asyncio.sleep(RESTART_DELAY_S)
-            if self.stopping:
-                return
-            await worker.start()
+            quick_deaths = quick_deaths + 1 if died - started < CRASH_LOOP_S else 0
+            if quick_deaths > 1:  # twice in a row: a crash loop
+                await asyncio.sleep(RESTART_DELAY_S)
+                if self.stopping:
+                    return
+            if self._standby_task is not None:
+                await self._standby_task  # a standby still starting is still the quickest
+            if not worker.adopt(self.standby):
+                await worker.start()
+            self._standby_task = loop.create_task(self.standby.start())
+            with contextlib.suppress(TimeoutError):
+                await worker.wait_ready()
+            self.down.discard(worker.index)
+            self.steer()
+            logger.info("worker %d serving again after %.3fs", worker.index, loop.time() - died)
+
+    async def stop_standby(self) -> None:
+        if self._standby_task is not None:
+            with contextlib.suppress(Exception):
+                await self._standby_task
+        await self.standby.stop()
 
     def stats(self) -> dict[str, float]:
         """The workers' last reported stats, summed (counters restart with a restarted worker)."""
@@ -348,7 +465,7 @@ async def supervise(
         lock = await _stand_by(config)
     registry, announcer = open_registry(config)
     workers = [Worker(i, config, sockets, registry) for i, sockets in enumerate(socket_sets)]
-    supervisor = Supervisor(config, workers)
+    supervisor = Supervisor(config, workers, Standby(config, socket_sets, registry))
     if signals is not None:
         signals.on_hup = lambda: supervisor.forward(signal.SIGHUP)
     background = [
@@ -360,6 +477,7 @@ async def supervise(
         for worker in workers:
             await worker.start()
         await asyncio.gather(*(w.wait_ready() for w in workers))
+        await supervisor.standby.start()
         background += [loop.create_task(supervisor.watch(w)) for w in workers]
         for kind, host, port in supervisor.bound:
             logger.info(
@@ -382,6 +500,9 @@ async def supervise(
     finally:
         await stop_health(supervisor.http)
         supervisor.stopping = True
+        # the standby holds a copy of every socket: stopped first, or those would stay in
+        # their groups after our copies and the workers' are closed
+        await supervisor.stop_standby()
         # our copies of the TCP sockets go first: each leaves its group when its worker has
         # drained and closed it, and new connections then wait in the backlog of the process
         # that bound beside us. The UDP copies stay to the end: that process's sockets would

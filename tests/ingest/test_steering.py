@@ -74,3 +74,33 @@ def test_each_source_ip_always_reaches_the_same_socket(
             sock.close()
     assert all(len(hit) == 1 for hit in seen.values()), dict(seen)
     assert len({next(iter(hit)) for hit in seen.values()}) == 3  # and all sockets get sources
+
+
+def _udp_receiver(group: list[socket.socket], source: str) -> int:
+    port = group[0].getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.bind((source, 0))
+        client.sendto(b"x", ("127.0.0.1", port))
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        hit = _receivers(group)
+        if hit:
+            [index] = hit
+            return index
+    raise AssertionError(f"no socket got the datagram of {source}")
+
+
+def test_redirect_moves_a_dead_sockets_sources_and_back() -> None:
+    group = _group(socket.SOCK_DGRAM, socket.AF_INET, "127.0.0.1", 3)
+    sources = [f"127.0.0.{i}" for i in range(2, 30)]
+    try:
+        before = {source: _udp_receiver(group, source) for source in sources}
+        assert set(before.values()) == {0, 1, 2}
+        steer_by_source_ip(group[0], 3, {1: 2})  # socket 1's worker died
+        during = {source: _udp_receiver(group, source) for source in sources}
+        assert during == {s: 2 if i == 1 else i for s, i in before.items()}
+        steer_by_source_ip(group[0], 3)  # it serves again
+        assert {source: _udp_receiver(group, source) for source in sources} == before
+    finally:
+        for sock in group:
+            sock.close()
