@@ -279,13 +279,9 @@ class Standby:
         if self.process is None:
             return
         process, self.process = self.process, None
-        if process.stdin is not None:
-            process.stdin.close()  # EOF: it exits
-        try:
-            await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        if process.returncode is None:
+            process.kill()  # it serves nothing and holds no state: no need to wait for it
+        await process.wait()
 
 
 class Worker:

@@ -71,11 +71,11 @@ class TlsServer:
         self.process = ServerProcess(tmp_path, "--config", str(config))
 
     def __enter__(self) -> TlsServer:
-        self.process.start()
+        self.process.start()  # (waits for the UDP listener: the TLS one is logged after it)
+        wait_for(lambda: "metrics and health on" in self.process.log)
         found = re.search(r"listening on tls 127\.0\.0\.1:(\d+)", self.process.log)
         assert found, self.process.log
         self.port = int(found.group(1))
-        wait_for(lambda: "metrics and health on" in self.process.log)
         self.metrics = metrics_port(self.process.log)
         return self
 
