@@ -7,6 +7,7 @@ import asyncio
 import logging
 import re
 import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -125,3 +126,21 @@ async def test_idle_closes_are_logged_in_aggregate(
 def test_connection_limits_are_bounded(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=key.split(".")[1]):
         load_config(None, {key: value})
+
+
+@pytest.mark.timeout(30)
+async def test_a_reset_connection_is_counted_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reset may have cost what the sender had not sent yet: that cannot be counted, the
+    reset can."""
+    async with running_server(tmp_path, {"listen.idle_timeout_s": 0.4}) as srv:
+        sock = _connect(srv.port, "127.0.0.4")
+        sock.sendall(lf([MSG]))
+        await wait_for_lines(srv.file("127.0.0.4"), 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # linger 0: the kernel sends RST, not FIN
+        await _until(lambda: _stats(srv)["tcp_resets"] == 1)
+        await _until(lambda: "reset by the sender" in caplog.text)
+        assert "1 TCP connection(s) reset by the sender: what it had not sent yet is lost (last" \
+            " from 127.0.0.4)" in caplog.messages  # fmt: skip
