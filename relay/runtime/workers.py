@@ -176,6 +176,13 @@ def await_role(specs: list[str]) -> tuple[int, list[str]]:
     """A standby: block until the supervisor names the worker to become (a line on stdin),
     then keep that worker's sockets (`INDEX:kind,fd,host,port` specs) and close the others.
     EOF (the supervisor stopped or no longer needs a standby) exits quietly."""
+    # tell the supervisor the start's work is done (it waits for that before it calls itself
+    # ready, so that the standby's start does not compete with the first messages)
+    sys.stdout.write("standby\n")
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
     line = sys.stdin.readline()
     if not line.strip():
         raise SystemExit(0)
@@ -256,7 +263,11 @@ class Standby:
         env = {**_worker_env(), CONFIG_ENV: msgspec.json.encode(self.config).decode()}
         try:
             self.process = await asyncio.create_subprocess_exec(
-                *args, stdin=asyncio.subprocess.PIPE, pass_fds=fds, env=env
+                *args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                pass_fds=fds,
+                env=env,
             )
         finally:
             os.close(write_fd)
@@ -264,6 +275,12 @@ class Standby:
             lambda: _ReportReader(self.registry), os.fdopen(read_fd, "rb")
         )
         self.reader = protocol
+
+    async def wait_idle(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        """Until the standby has done its imports and waits (or has died: then no standby)."""
+        if self.process is not None and self.process.stdout is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.process.stdout.readline(), timeout_s)
 
     def take(self, index: int) -> tuple[asyncio.subprocess.Process, _ReportReader] | None:
         """The standby becomes worker `index` (None: there is no live standby)."""
@@ -472,8 +489,8 @@ async def supervise(
     try:
         for worker in workers:
             await worker.start()
-        await asyncio.gather(*(w.wait_ready() for w in workers))
         await supervisor.standby.start()
+        await asyncio.gather(*(w.wait_ready() for w in workers), supervisor.standby.wait_idle())
         background += [loop.create_task(supervisor.watch(w)) for w in workers]
         for kind, host, port in supervisor.bound:
             logger.info(
