@@ -407,12 +407,13 @@ class Supervisor:
                 await self._standby_task  # a standby still starting is still the quickest
             if not worker.adopt(self.standby):
                 await worker.start()
-            self._standby_task = loop.create_task(self.standby.start())
             with contextlib.suppress(TimeoutError):
                 await worker.wait_ready()
             self.down.discard(worker.index)
             self.steer()
             logger.info("worker %d serving again after %.3fs", worker.index, loop.time() - died)
+            # the next standby only now: its start does not delay this one's
+            self._standby_task = loop.create_task(self.standby.start())
 
     async def stop_standby(self) -> None:
         if self._standby_task is not None:
