@@ -146,10 +146,15 @@ class PodWatch:
         from kubernetes_asyncio import watch
         from kubernetes_asyncio.client.exceptions import ApiException
 
+        async def start(**kwargs: Any) -> Any:
+            response = await v1.list_pod_for_all_namespaces(**kwargs)
+            self._connected()  # the server took the watch: connected, even before any event
+            return response
+
         stream = watch.Watch(return_type="object")
         try:
             events = stream.stream(
-                v1.list_pod_for_all_namespaces,
+                start,
                 field_selector=self._selector(),
                 resource_version=self.resource_version,
                 allow_watch_bookmarks=True,
