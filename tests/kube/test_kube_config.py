@@ -20,9 +20,9 @@ CASES = [
     pytest.param('[kubernetes]\nenabled = true\nkubeconfig = "{tmp}/kc"\nlabels = [""]\n',
                  {"NODE_NAME": "n"}, "kubernetes.labels: expected label keys", id="empty-label"),
     pytest.param('[[route]]\nname = "r"\nfile = "{{node}}.log"\n', {},
-                 "route[0].file: unknown placeholder {{node}}", id="route-placeholder"),
+                 "route[0].file: unknown placeholder in '{{node}}.log', expecting {{ip}}, {{namespace}}, {{pod}}, {{workload}}", id="route-placeholder"),
     pytest.param('[[route]]\nname = "r"\nfile = "{{pod!r}}.log"\n', {},
-                 "route[0].file: unknown placeholder {{pod!r}}", id="route-conversion"),
+                 "route[0].file: unknown placeholder in '{{pod!r}}.log'", id="route-conversion"),
 ]  # fmt: skip
 
 
