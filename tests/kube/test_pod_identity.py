@@ -274,6 +274,7 @@ def test_apiserver_restart_resumes_the_watch_without_duplicates(
         api.start()
         relay.wait_log("pod watch: connected to the API server again")
         api.create_pod("shop", "b", node=NODE, ip="127.0.0.32")
+        wait_until(lambda: relay.metrics()["plura_relay_kubernetes_pods"] == 2, 10, "pod b")
         relay.send("127.0.0.32")
         relay.child("127.0.0.32", 1, pod="b")
         relay.send("127.0.0.31")
@@ -301,6 +302,8 @@ def test_a_compacted_resource_version_relists(tmp_path: Path, cluster: ApiServer
             "relists",
         )
         api.create_pod("shop", "b", node=NODE, ip="127.0.0.42")
+        # the new pod's ADDED event: watched again after the relist
+        wait_until(lambda: relay.metrics()["plura_relay_kubernetes_pods"] == 2, 10, "pod b")
         relay.send("127.0.0.41")
         relay.send("127.0.0.42")
         relay.child("127.0.0.41", 1, pod="a")
