@@ -251,9 +251,6 @@ class LogConfig(Base, frozen=True, forbid_unknown_fields=True):
     format: Literal["text", "json"] = "text"
 
 
-SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-
-
 class KubernetesConfig(Base, frozen=True, forbid_unknown_fields=True):
     """Pod identity: resolve each source IP to the pod of this node behind it (README)."""
 
@@ -427,18 +424,20 @@ def load_config(
             ) from exc
     _check_tls_listeners(config.listen.tls, where)
     _check_forwards(config.forward, where)
-    config = _check_kubernetes(config, where)
+    config = _check_kubernetes(config, where, os.environ if environ is None else environ)
     for index, route in enumerate(config.route):
         _check_route(route, f"{where}route[{index}]")
     return config
 
 
-def _check_kubernetes(config: Config, where: str) -> Config:
-    """With the watch on: the node's name (else NODE_NAME), credentials that exist, the client."""
+def _check_kubernetes(config: Config, where: str, environ: Mapping[str, str]) -> Config:
+    """With the watch on: the node's name (else NODE_NAME), a kubeconfig that exists, the
+    client. In-cluster credentials are not checked here: without them the watch degrades (one
+    WARNING per interval), as when the API is away."""
     kube = config.kubernetes
     if not kube.enabled:
         return config
-    node_name = kube.node_name or os.environ.get("NODE_NAME", "")
+    node_name = kube.node_name or environ.get("NODE_NAME", "")
     if not node_name:
         raise ConfigError(
             f"{where}kubernetes.node_name: expected this node's name (or the NODE_NAME"
@@ -446,13 +445,6 @@ def _check_kubernetes(config: Config, where: str) -> Config:
         )
     if kube.kubeconfig and not Path(kube.kubeconfig).is_file():
         raise ConfigError(f"{where}kubernetes.kubeconfig: {kube.kubeconfig} does not exist")
-    if not kube.kubeconfig and not (
-        os.environ.get("KUBERNETES_SERVICE_HOST") and Path(SERVICE_ACCOUNT_TOKEN).is_file()
-    ):
-        raise ConfigError(
-            f"{where}kubernetes.kubeconfig: not set, and no in-cluster service account here"
-            f" (KUBERNETES_SERVICE_HOST and {SERVICE_ACCOUNT_TOKEN}); give a kubeconfig file"
-        )
     if any(not key for key in kube.labels):
         raise ConfigError(f"{where}kubernetes.labels: expected label keys, got an empty one")
     if importlib.util.find_spec("kubernetes_asyncio") is None:

@@ -11,8 +11,6 @@ import pytest
 CASES = [
     pytest.param('[kubernetes]\nenabled = true\nnode_name = "n"\nkubeconfig = "{tmp}/missing"\n',
                  {}, "kubernetes.kubeconfig: {tmp}/missing does not exist", id="missing-kubeconfig"),
-    pytest.param("[kubernetes]\nenabled = true\nnode_name = \"n\"\n", {},
-                 "kubernetes.kubeconfig: not set, and no in-cluster service account", id="no-in-cluster"),
     pytest.param('[kubernetes]\nenabled = true\nkubeconfig = "{tmp}/kc"\n', {},
                  "kubernetes.node_name: expected this node's name", id="no-node-name"),
     pytest.param("[kubernetes]\ndeleted_pod_grace_s = -1\n", {}, "kubernetes.deleted_pod_grace_s", id="grace"),
