@@ -40,7 +40,7 @@ RUN --mount=type=secret,id=pip-ca \
     set -eu; \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi; \
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_DEFAULT_TIMEOUT=120; \
-    /opt/plura-relay/bin/pip install --no-cache-dir /src; \
+    /opt/plura-relay/bin/pip install --no-cache-dir "/src[kubernetes]"; \
     /opt/plura-relay/bin/pip uninstall -y -q pip setuptools; \
     /opt/plura-relay/bin/plura-relay --help >/dev/null
 

@@ -6,6 +6,7 @@ rejected with a message naming the key and what was expected.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -161,7 +162,7 @@ class RouteMatch(Base, frozen=True, forbid_unknown_fields=True):
     """The msg contains any of these (rsyslog's `$msg contains`); routes only."""
 
 
-ROUTE_FILE_PLACEHOLDERS = ("ip",)
+ROUTE_FILE_PLACEHOLDERS = ("ip", "namespace", "pod", "workload")
 """What `{...}` a route's file name may hold: `{ip}` the sender (socket or trusted origin)."""
 ProgramName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
@@ -259,6 +260,23 @@ class LogConfig(Base, frozen=True, forbid_unknown_fields=True):
     format: Literal["text", "json"] = "text"
 
 
+class KubernetesConfig(Base, frozen=True, forbid_unknown_fields=True):
+    """Pod identity: resolve each source IP to the pod of this node behind it (README)."""
+
+    enabled: bool = False
+    node_name: str = ""
+    """This node's name; "" takes the NODE_NAME environment variable (the downward API)."""
+    kubeconfig: str = ""
+    """Path of a kubeconfig file; "" is the in-cluster service account."""
+    deleted_pod_grace_s: NonNegativeFloat = 120.0
+    """A deleted pod still resolves for this long (its late messages), unless a newer pod took
+    its IP."""
+    labels: list[str] = msgspec.field(default_factory=list)
+    """Pod label keys recorded with each child (e.g. `app.kubernetes.io/name`)."""
+    warning_interval_s: PositiveFloat = 60.0
+    """While the API server is away, one WARNING per this interval."""
+
+
 class Config(Base, frozen=True, forbid_unknown_fields=True):
     state_dir: str = "/var/lib/plura-relay"
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
@@ -270,6 +288,7 @@ class Config(Base, frozen=True, forbid_unknown_fields=True):
     origin: OriginConfig = msgspec.field(default_factory=OriginConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    kubernetes: KubernetesConfig = msgspec.field(default_factory=KubernetesConfig)
     route: list[Route] = msgspec.field(default_factory=list)
     """`[[route]]` sections, tried in order for every message."""
     forward: list[Forward] = msgspec.field(default_factory=list)
@@ -414,9 +433,36 @@ def load_config(
             ) from exc
     _check_tls_listeners(config.listen.tls, where)
     _check_forwards(config.forward, where)
+    config = _check_kubernetes(config, where, os.environ if environ is None else environ)
     for index, route in enumerate(config.route):
         _check_route(route, f"{where}route[{index}]")
     return config
+
+
+def _check_kubernetes(config: Config, where: str, environ: Mapping[str, str]) -> Config:
+    """With the watch on: the node's name (else NODE_NAME), a kubeconfig that exists, the
+    client. In-cluster credentials are not checked here: without them the watch degrades (one
+    WARNING per interval), as when the API is away."""
+    kube = config.kubernetes
+    if not kube.enabled:
+        return config
+    node_name = kube.node_name or environ.get("NODE_NAME", "")
+    if not node_name:
+        raise ConfigError(
+            f"{where}kubernetes.node_name: expected this node's name (or the NODE_NAME"
+            " environment variable, from the downward API)"
+        )
+    if kube.kubeconfig and not Path(kube.kubeconfig).is_file():
+        raise ConfigError(f"{where}kubernetes.kubeconfig: {kube.kubeconfig} does not exist")
+    if any(not key for key in kube.labels):
+        raise ConfigError(f"{where}kubernetes.labels: expected label keys, got an empty one")
+    if importlib.util.find_spec("kubernetes_asyncio") is None:
+        raise ConfigError(
+            f"{where}kubernetes.enabled: needs the kubernetes_asyncio package"
+            " (pip install 'plura-relay[kubernetes]')"
+        )
+    resolved = msgspec.structs.replace(kube, node_name=node_name)
+    return msgspec.structs.replace(config, kubernetes=resolved)
 
 
 def _check_route(route: Route, where: str) -> None:

@@ -6,7 +6,7 @@ Holds no socket and opens no file. `handle` is the per-message hot path.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
@@ -15,7 +15,7 @@ from relay.config import Route
 from relay.forward.origin import origin_from_sd, split_origin
 from relay.ingest.limits import Admission, SourceFilter
 from relay.message import Offered, SyslogMessage
-from relay.output.routes import NO_ROUTE, Outcome, Router, render_for_route
+from relay.output.routes import NO_ROUTE, Outcome, PodNames, Router, render_for_route
 from relay.output.template import LINE_END, LINE_START, CeeTemplate, escape
 from relay.parse import MAX_MESSAGE_BYTES, parse
 from relay.parse.fast import CONTROL_BYTES, PRI_VALUES, RFC3164_HEADER
@@ -90,15 +90,17 @@ class Pipeline:
         admission: Admission | None = None,
         trusted_relays: SourceFilter | None = None,
         forward: Forwarders | None = None,
+        pods: Callable[[str], PodNames | None] | None = None,
     ) -> None:
         """`trusted_relays`: senders whose `[origip=...]` stamps are honoured (forward.origin);
-        `forward`: upstream targets every message is also offered to."""
+        `forward`: upstream targets every message is also offered to; `pods`: the pod behind a
+        source, for route file names (relay.kube's index, in the process that has it)."""
         self._sink = sink
         self._forward = forward
         self._relays = trusted_relays
         self._is_relay: dict[str, bool] = {}
         self._admission = admission
-        self._router = Router(routes) if routes else None
+        self._router = Router(routes, pods) if routes else None
         self._observer = observer
         self._hostnames = hostnames
         self._max = max_message_bytes
@@ -242,7 +244,7 @@ class Pipeline:
         outcome = router.route(message, source)
         for target in outcome.targets:
             line = render_for_route(target, message, at, self._template)
-            self._sink.append(target.name(source), line)
+            self._sink.append(router.file_name(target, source), line)
         return outcome
 
     def _parse(self, frame: bytes, peer: str, received_at: float) -> SyslogMessage:

@@ -128,8 +128,9 @@ BAD = [
     ),
     pytest.param("[[route]]\nname = 'r'\n", "route[0].file: expected a file name", id="route-file"),
     pytest.param(
-        "[[route]]\nname = 'r'\nfile = 'a-{pod}.log'\n",
-        "route[0].file: unknown placeholder in 'a-{pod}.log', expecting {ip}",
+        "[[route]]\nname = 'r'\nfile = 'a-{node}.log'\n",
+        "route[0].file: unknown placeholder in 'a-{node}.log', expecting {ip}, {namespace}, {pod},"
+        " {workload}",
         id="route-placeholder",
     ),
     pytest.param(

@@ -68,9 +68,9 @@ class Announcer:
             while True:
                 child = await registry.next_unannounced()
                 if not hooks:
-                    registry.mark_announced(child.ip)
-                elif child.ip not in self._in_progress:
-                    self._in_progress.add(child.ip)
+                    registry.mark_announced(child.key)
+                elif child.key not in self._in_progress:
+                    self._in_progress.add(child.key)
                     tasks.create_task(self._announce(registry, child, hooks))
 
     async def settle(self, timeout_s: float) -> None:
@@ -116,8 +116,8 @@ class Announcer:
                     delay,
                 )
                 await asyncio.sleep(delay)
-        registry.mark_announced(child.ip)
-        self._in_progress.discard(child.ip)
+        registry.mark_announced(child.key)
+        self._in_progress.discard(child.key)
         if attempt > 1:
             logger.info(
                 "registration hook for child server %s succeeded (attempt %d)", child.ip, attempt

@@ -19,7 +19,15 @@ Announcement, once per child across restarts:
 - the registration hooks (`Announcer`) run for children whose `announced` is false: new ones
   after that same save, and at start every loaded child whose hook never succeeded. On success
   `announced` becomes true and is saved. Hooks are at-least-once (a crash between the hook
-  succeeding and that save runs it again at start), so hook receivers should key on `ip`.
+  succeeding and that save runs it again at start), so hook receivers should key on `ip` and
+  `pod_uid`.
+
+Pod identity: with a `resolve` (the Kubernetes pod index, relay.kube), a source whose IP is a
+known pod of this node is the child (IP, pod UID), with the pod's namespace, name, node, owning
+workload, containers and configured labels. When another pod takes the IP, that is a new child
+(announced once, like any); the previous one keeps its first/last seen. A source resolve does
+not know (API away, not a pod, or stamped with an origin address by a relay) is keyed by its IP
+as without Kubernetes. Hooks and `mark_announced` key on `Child.key`: the IP, or `IP|UID`.
 
 Ownership: one process and one asyncio loop own the registry (runtime.common's state-dir lock).
 During a rolling update the new process observes sources before the old one has saved and
@@ -45,6 +53,7 @@ from pathlib import Path
 
 import msgspec
 
+from relay.kube.index import Pod
 from relay.message import printable
 
 logger = logging.getLogger(__name__)
@@ -70,6 +79,29 @@ class Child(msgspec.Struct):
     """The registration hooks succeeded (or none are configured)."""
     via: str | None = None
     """The relay the child's messages came through, if any."""
+    pod_uid: str | None = None
+    """The pod behind the IP (Kubernetes pod identity), if known; then also:"""
+    namespace: str = ""
+    pod: str = ""
+    node: str = ""
+    workload_kind: str = ""
+    """Kind of the controlling owner (`Deployment` for a Deployment's ReplicaSet), or `Pod`."""
+    workload: str = ""
+    containers: list[str] = msgspec.field(default_factory=list)
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    """The pod's labels named in `[kubernetes] labels`."""
+
+    @property
+    def key(self) -> str:
+        """The registry's key: the IP, or `IP|UID` for a pod."""
+        return self.ip if self.pod_uid is None else f"{self.ip}|{self.pod_uid}"
+
+
+def _child_pod(c: Child) -> Pod | None:
+    if c.pod_uid is None:
+        return None
+    return Pod(c.pod_uid, c.namespace, c.pod, c.node, c.workload_kind, c.workload,
+               list(c.containers), dict(c.labels))  # fmt: skip
 
 
 class _File(msgspec.Struct):
@@ -78,12 +110,14 @@ class _File(msgspec.Struct):
 
 
 class _Entry(msgspec.Struct, gc=False):
+    ip: str
     first_seen: float
     last_seen: float
     hostname: bytes | str  # bytes as received (decoded only when saved), str when loaded
     messages: int
     announced: bool
     via: str | None
+    pod: Pod | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -131,9 +165,14 @@ class Registry:
         on_new: Callable[[Child], None] | None = None,
         save_interval_s: float = 1.0,
         stats_save_interval_s: float = STATS_SAVE_INTERVAL_S,
+        resolve: Callable[[str], Pod | None] | None = None,
     ) -> None:
+        """`resolve(ip)`: the pod behind an address now (relay.kube.index.PodIndex.resolve)."""
         self.path = Path(state_dir) / REGISTRY_NAME
         self._on_new = on_new
+        self._resolve = resolve
+        self.resolved = 0  # source batches resolve found a pod for
+        self.unresolved = 0
         self._save_interval_s = save_interval_s
         self._stats_save_interval_s = stats_save_interval_s
         self._entries: dict[str, _Entry] = {}
@@ -161,10 +200,19 @@ class Registry:
         via: str | None = None,
     ) -> None:
         """Record `count` messages from `ip` (through relay `via`, if stamped with an origin
-        address): O(1), no allocation unless `ip` is new."""
-        entry = self._entries.get(ip)
+        address): O(1), no allocation unless `ip` is new (or a pod)."""
+        key, pod = ip, None
+        if self._resolve is not None:
+            # an origin address is another node's pod: this node's index does not know it
+            pod = self._resolve(ip) if via is None else None
+            if pod is None:
+                self.unresolved += 1
+            else:
+                self.resolved += 1
+                key = f"{ip}|{pod.uid}"
+        entry = self._entries.get(key)
         if entry is None:
-            self._register(ip, hostname, received_at, count, via)
+            self._register(key, ip, hostname, received_at, count, via, pod)
             return
         entry.last_seen = received_at
         entry.hostname = hostname
@@ -174,14 +222,21 @@ class Registry:
             self._dirty = True
 
     def _register(
-        self, ip: str, hostname: bytes, received_at: float, count: int, via: str | None
+        self,
+        key: str,
+        ip: str,
+        hostname: bytes,
+        received_at: float,
+        count: int,
+        via: str | None,
+        pod: Pod | None,
     ) -> None:
-        entry = _Entry(received_at, received_at, hostname, count, False, via)
-        self._entries[ip] = entry
-        self._fresh.append(ip)
+        entry = _Entry(ip, received_at, received_at, hostname, count, False, via, pod)
+        self._entries[key] = entry
+        self._fresh.append(key)
         self._dirty = True
         if self._on_new is not None:
-            self._on_new(self._child(ip, entry))
+            self._on_new(self._child(entry))
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -194,39 +249,63 @@ class Registry:
         since = now - inactive_after_s
         return sum(1 for entry in self._entries.values() if entry.last_seen >= since)
 
-    def get(self, ip: str) -> Child | None:
-        entry = self._entries.get(ip)
-        return None if entry is None else self._child(ip, entry)
+    def get(self, key: str) -> Child | None:
+        """By `Child.key`: the IP, or `IP|UID`."""
+        entry = self._entries.get(key)
+        return None if entry is None else self._child(entry)
 
     def children(self) -> list[Child]:
         """A snapshot, in registration order."""
-        return [self._child(ip, entry) for ip, entry in self._entries.items()]
+        return [self._child(entry) for entry in self._entries.values()]
 
     @staticmethod
-    def _child(ip: str, e: _Entry) -> Child:
+    def _child(e: _Entry) -> Child:
         hostname = _text(e.hostname)
-        return Child(ip, e.first_seen, e.last_seen, hostname, e.messages, e.announced, e.via)
+        child = Child(e.ip, e.first_seen, e.last_seen, hostname, e.messages, e.announced, e.via)
+        pod = e.pod
+        if pod is None:
+            return child
+        return msgspec.structs.replace(
+            child,
+            pod_uid=pod.uid,
+            namespace=pod.namespace,
+            pod=pod.name,
+            node=pod.node,
+            workload_kind=pod.workload_kind,
+            workload=pod.workload,
+            containers=list(pod.containers),
+            labels=dict(pod.labels),
+        )
 
     # -- announcement ---------------------------------------------------------------------------
 
     async def next_unannounced(self) -> Child:
         """Wait for a child whose registration hooks have not succeeded yet."""
         while True:
-            ip = await self._unannounced.get()
-            entry = self._entries.get(ip)
+            key = await self._unannounced.get()
+            entry = self._entries.get(key)
             if entry is not None and not entry.announced:
-                return self._child(ip, entry)
+                return self._child(entry)
 
-    def mark_announced(self, ip: str) -> None:
-        entry = self._entries.get(ip)
+    def mark_announced(self, key: str) -> None:
+        entry = self._entries.get(key)
         if entry is not None and not entry.announced:
             entry.announced = True
             self._dirty = True
 
     def _announce_fresh(self, fresh: list[str]) -> None:
-        for ip in fresh:
-            logger.info("new child server %s (hostname %s)", ip, _text(self._entries[ip].hostname))
-            self._unannounced.put_nowait(ip)
+        for key in fresh:
+            e = self._entries[key]
+            pod = e.pod
+            if pod is None:
+                logger.info("new child server %s (hostname %s)", e.ip, _text(e.hostname))
+            else:
+                logger.info(
+                    "new child server %s (hostname %s, pod %s/%s uid %s, %s %s)",
+                    e.ip, _text(e.hostname), pod.namespace, pod.name, pod.uid,
+                    pod.workload_kind, pod.workload,
+                )  # fmt: skip
+            self._unannounced.put_nowait(key)
 
     # -- persistence --------------------------------------------------------------------------
 
@@ -270,7 +349,7 @@ class Registry:
         self._dirty = False
         self._saved_at = time.monotonic()
         self._generation += 1
-        parts = [_encoder.encode(self._child(ip, e)) for ip, e in self._entries.items()]
+        parts = [_encoder.encode(self._child(e)) for e in self._entries.values()]
         data = b'{"version":%d,"children":[\n%s\n]}\n' % (FORMAT_VERSION, b",\n".join(parts))
         return data, self._generation, fresh
 
@@ -294,13 +373,13 @@ class Registry:
         except OSError as exc:
             logger.warning("cannot read child registry %s (%s); starting empty", self.path, exc)
             children = []
-        for child in children:
-            c = child
-            entry = _Entry(c.first_seen, c.last_seen, c.hostname, c.messages, c.announced, c.via)
-            self._entries[c.ip] = entry
-            self._loaded[c.ip] = c.messages
-            if not child.announced:
-                self._unannounced.put_nowait(child.ip)
+        for c in children:
+            entry = _Entry(c.ip, c.first_seen, c.last_seen, c.hostname, c.messages, c.announced,
+                           c.via, _child_pod(c))  # fmt: skip
+            self._entries[c.key] = entry
+            self._loaded[c.key] = c.messages
+            if not c.announced:
+                self._unannounced.put_nowait(c.key)
 
     def take_over(self) -> None:
         """The previous owner has saved and released the state dir: merge its last save into
@@ -315,22 +394,23 @@ class Registry:
             logger.warning("cannot read child registry %s to take it over (%s)", self.path, exc)
             return
         for c in saved:
-            e = self._entries.get(c.ip)
+            e = self._entries.get(c.key)
             if e is None:
-                e = _Entry(c.first_seen, c.last_seen, c.hostname, c.messages, c.announced, c.via)
-                self._entries[c.ip] = e
+                e = _Entry(c.ip, c.first_seen, c.last_seen, c.hostname, c.messages, c.announced,
+                           c.via, _child_pod(c))  # fmt: skip
+                self._entries[c.key] = e
                 if not c.announced:
-                    self._unannounced.put_nowait(c.ip)
+                    self._unannounced.put_nowait(c.key)
                 continue
-            e.messages += c.messages - self._loaded.get(c.ip, 0)
+            e.messages += c.messages - self._loaded.get(c.key, 0)
             e.first_seen = min(e.first_seen, c.first_seen)
             if c.last_seen > e.last_seen:
                 e.last_seen, e.hostname = c.last_seen, c.hostname
             e.announced = e.announced or c.announced
             e.via = e.via or c.via
-        on_disk = {c.ip for c in saved}
-        self._fresh = [ip for ip in self._fresh if ip not in on_disk]
-        self._loaded = {c.ip: c.messages for c in saved}  # what is merged in now
+        on_disk = {c.key for c in saved}
+        self._fresh = [key for key in self._fresh if key not in on_disk]
+        self._loaded = {c.key: c.messages for c in saved}  # what is merged in now
         self._dirty = True
 
     def _set_aside(self, exc: Exception) -> None:
@@ -422,7 +502,8 @@ def format_table(children: Iterable[Child], *, inactive_after_s: float | None = 
     """The human view of `plura-relay children`: one line per child, sorted by address; with
     `inactive_after_s`, a STATUS column says which children have gone quiet."""
     now = time.time()
-    header = ("IP", "HOSTNAME", "MESSAGES", "FIRST SEEN", "LAST SEEN", "ANNOUNCED", "VIA")
+    header = ("IP", "HOSTNAME", "NAMESPACE", "POD", "WORKLOAD", "MESSAGES", "FIRST SEEN",
+              "LAST SEEN", "ANNOUNCED", "VIA")  # fmt: skip
     rows: list[tuple[str, ...]] = [header]
     rows += [_row(c) for c in sorted(children, key=_ip_key)]
     if inactive_after_s is not None:
@@ -430,11 +511,11 @@ def format_table(children: Iterable[Child], *, inactive_after_s: float | None = 
             "active" if is_active(c, now, inactive_after_s) else "inactive"
             for c in sorted(children, key=_ip_key)
         ]
-        rows = [(*row[:5], status[i], *row[5:]) for i, row in enumerate(rows)]
+        rows = [(*row[:8], status[i], *row[8:]) for i, row in enumerate(rows)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for row in rows:
-        cells = [row[i].rjust(w) if i == 2 else row[i].ljust(w) for i, w in enumerate(widths)]
+        cells = [row[i].rjust(w) if i == 5 else row[i].ljust(w) for i, w in enumerate(widths)]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines) + "\n"
 
@@ -444,15 +525,18 @@ def _row(c: Child) -> tuple[str, ...]:
     announced = "yes" if c.announced else "pending"
     hostname = printable(c.hostname) or "-"
     via = printable(c.via) if c.via else "-"
-    return (printable(c.ip), hostname, str(c.messages), first, last, announced, via)
+    pod = (printable(c.namespace) or "-", printable(c.pod) or "-")
+    workload = printable(f"{c.workload_kind}/{c.workload}") if c.workload else "-"
+    return (printable(c.ip), hostname, *pod, workload, str(c.messages), first, last, announced,
+            via)  # fmt: skip
 
 
-def _ip_key(child: Child) -> tuple[int, int, int, str]:
+def _ip_key(child: Child) -> tuple[int, int, int, str, float]:
     try:
         addr = ipaddress.ip_address(child.ip)
     except ValueError:
-        return (1, 0, 0, child.ip)
-    return (0, addr.version, int(addr), "")
+        return (1, 0, 0, child.ip, child.first_seen)
+    return (0, addr.version, int(addr), "", child.first_seen)  # one IP's pods: oldest first
 
 
 def _local_time(ts: float) -> str:

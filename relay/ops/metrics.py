@@ -56,6 +56,11 @@ _COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "origin_invalid": ("origin_invalid", "[origip=] stamps without a valid address (ignored)", {}),
     "overflow": ("overflow", "Messages of sources beyond max_children (ceelog-overflow.log)", {}),
     "tls_handshake_failed": ("tls_handshakes_failed", "TLS handshakes that failed (logged)", {}),
+    "kubernetes_events": ("kubernetes_events", "Pod watch events applied (bookmarks aside)", {}),
+    "kubernetes_relists": ("kubernetes_relists", "Pod relists after 410 Gone", {}),
+    "kubernetes_errors": ("kubernetes_errors", "Pod watch failures (each retried)", {}),
+    "kubernetes_resolved": ("kubernetes_sources_resolved", "Source lookups that found a pod", {}),
+    "kubernetes_unresolved": ("kubernetes_sources_unresolved", "Source lookups, no pod", {}),
 }  # fmt: skip
 _GAUGES: dict[str, tuple[str, str]] = {
     "open_files": ("open_files", "Output files open"),
@@ -65,6 +70,8 @@ _GAUGES: dict[str, tuple[str, str]] = {
     "children": ("children", "Child servers registered"),
     "children_active": ("children_active", "Child servers heard from recently"),
     "workers": ("workers", "Worker processes"),
+    "kubernetes_connected": ("kubernetes_connected", "1 while the pod watch has the API server"),
+    "kubernetes_pods": ("kubernetes_pods", "Pods indexed (deleted ones within their grace too)"),
 }
 
 

@@ -11,9 +11,10 @@ checked per message after that.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping, Sequence
 from string import Formatter
-from typing import Generic, NamedTuple, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from relay.config import Route, RouteMatch
 from relay.message import SyslogMessage
@@ -33,9 +34,9 @@ T = TypeVar("T")
 class FileName:
     """A route's file name, its `{...}` placeholders filled in per message.
 
-    `{ip}` is the only one today; a placeholder is a name in `config.ROUTE_FILE_PLACEHOLDERS`
-    and a key of the `values` given to `expand`, so another one (the pod behind the address)
-    is one more key. Values must be safe in a path: `{ip}` is a checked IP address.
+    A placeholder is a name in `config.ROUTE_FILE_PLACEHOLDERS` and a key of the `values` given
+    to `expand` (`file_values`): `{ip}`, and the pod behind the address. Values must be safe in
+    a path: `{ip}` is a checked IP address, the pod's names are checked Kubernetes names.
     """
 
     __slots__ = ("_cache", "_parts", "fields", "static")
@@ -62,13 +63,55 @@ class FileName:
         return f"FileName({''.join(lit + (f'{{{f}}}' if f else '') for lit, f in self._parts)!r})"
 
 
+UNKNOWN = "unknown"
+# a Kubernetes object name (DNS-1123 subdomain): never `/`, `..` or empty, so safe in a path
+_KUBE_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
+
+
+class PodNames(Protocol):
+    """What a route's file name may use of the pod behind a source (relay.kube.index.Pod)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def workload(self) -> str: ...
+
+
+def _kube_name(value: str) -> str:
+    return value if _KUBE_NAME.match(value) and ".." not in value else UNKNOWN
+
+
+def file_values(source: str, pod: PodNames | None) -> dict[str, str]:
+    """The placeholders' values for one source: `{ip}` (a checked address) and, with pod
+    identity, `{namespace}`, `{pod}`, `{workload}`, each checked as a Kubernetes name before it
+    touches a path; `unknown` when there is no pod (the watch off, or not a known pod)."""
+    if pod is None:
+        return {"ip": source, "namespace": UNKNOWN, "pod": UNKNOWN, "workload": UNKNOWN}
+    return {
+        "ip": source,
+        "namespace": _kube_name(pod.namespace),
+        "pod": _kube_name(pod.name),
+        "workload": _kube_name(pod.workload),
+    }
+
+
+def expand_file_name(pattern: str, source: str, pod: PodNames | None) -> str:
+    return FileName(pattern).expand(file_values(source, pod))
+
+
 class Target(NamedTuple):
     file: FileName  # for the sink: relative to the log dir, or absolute
     template: str  # see config.Route.template
     programname: bytes | None = None  # set_programname (template "ceelog")
 
-    def name(self, source: str) -> str:
-        return self.file.expand({"ip": source})
+    def name(self, source: str, pod: PodNames | None = None) -> str:
+        if self.file.static is not None:
+            return self.file.static
+        return self.file.expand(file_values(source, pod))
 
 
 class Step(NamedTuple):
@@ -155,12 +198,23 @@ class Router:
     """The routes in order. `decide` (cached) gives the routes a message's header selects;
     `route` then applies their msg conditions: the first drop or `stop` ends it."""
 
-    def __init__(self, routes: Sequence[Route]) -> None:
+    def __init__(
+        self, routes: Sequence[Route], pods: Callable[[str], PodNames | None] | None = None
+    ) -> None:
+        """`pods(ip)`: the pod behind a source now, for `{namespace}` `{pod}` `{workload}`."""
+        self._pods = pods
         self._rules = [_Rule(index, route) for index, route in enumerate(routes)]
         self.names = [route.name for route in routes]
         self.dropped = [0] * len(routes)  # per route: messages a drop route took
         self.drops = [route.action == "drop" for route in routes]
         self.decide = Decisions(self._decide).get  # a bound method: the cheapest call
+
+    def file_name(self, target: Target, source: str) -> str:
+        """Where `target`'s line of a message from `source` goes (the pod looked up each time:
+        the pod behind an IP changes)."""
+        if target.file.static is not None:
+            return target.file.static
+        return target.name(source, self._pods(source) if self._pods is not None else None)
 
     def _decide(self, programname: bytes, syslogtag: bytes, pri: int, peer: str) -> Decision:
         steps = []

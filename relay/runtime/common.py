@@ -22,6 +22,8 @@ from relay.children.registry import Registry
 from relay.config import Config, is_auto, parse_address
 from relay.ingest.addresses import bind_socket
 from relay.ingest.steering import SUCCESSOR, steer_to
+from relay.kube.index import PodIndex
+from relay.kube.watch import PodWatch
 from relay.node.bridge import USUAL_BRIDGES, find_bridge_address
 from relay.ops.metrics import HealthServer, Readiness, Stats
 from relay.pipeline import ceelog_name
@@ -119,9 +121,17 @@ async def remove_expired_forever(registry: Registry, config: Config) -> None:
     while True:
         await asyncio.sleep(min(expiry_s / 4, 60.0))
         cutoff = time.time() - expiry_s
+        # one IP may be several children (pods one after the other): its file goes with the last
+        last_seen: dict[str, float] = {}
+        for child in registry.children():
+            last_seen[child.ip] = max(last_seen.get(child.ip, 0.0), child.last_seen)
         for child in registry.children():
             path = Path(config.output.log_dir) / ceelog_name(child.ip)
-            if child.last_seen < cutoff and path.exists():
+            if (
+                last_seen[child.ip] < cutoff
+                and child.last_seen == last_seen[child.ip]
+                and path.exists()
+            ):
                 try:
                     path.unlink()
                     since = time.strftime("%Y-%m-%d %H:%M", time.localtime(child.last_seen))
@@ -169,9 +179,37 @@ def release_state(fd: int) -> None:
     os.close(fd)  # closing the descriptor releases the flock
 
 
-def open_registry(config: Config) -> tuple[Registry, Announcer]:
+def pod_watch(config: Config) -> PodWatch | None:
+    """The watch of this node's pods (`[kubernetes] enabled`), run by the registry's owner."""
+    kube = config.kubernetes
+    if not kube.enabled:
+        return None
+    return PodWatch(
+        PodIndex(kube.deleted_pod_grace_s),
+        kube.node_name,
+        kubeconfig=kube.kubeconfig,
+        label_keys=kube.labels,
+        warning_interval_s=kube.warning_interval_s,
+    )
+
+
+def kubernetes_stats(registry: Registry, watch: PodWatch | None) -> dict[str, float]:
+    if watch is None:
+        return {}
+    return {
+        **watch.stats(),
+        "kubernetes_resolved": registry.resolved,
+        "kubernetes_unresolved": registry.unresolved,
+    }
+
+
+def open_registry(config: Config, watch: PodWatch | None = None) -> tuple[Registry, Announcer]:
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
-    registry = Registry(Path(config.state_dir), save_interval_s=config.children.save_interval_s)
+    registry = Registry(
+        Path(config.state_dir),
+        save_interval_s=config.children.save_interval_s,
+        resolve=watch.index.resolve if watch is not None else None,
+    )
     hooks = config.children
     announcer = Announcer(
         command=list(hooks.hook_command) or None,

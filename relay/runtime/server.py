@@ -23,14 +23,17 @@ from relay.ingest.udp import UdpListener
 from relay.node.hostnames import DnsHostnames
 from relay.ops.metrics import HealthServer
 from relay.output.files import FileSink
+from relay.output.routes import PodNames
 from relay.pipeline import Pipeline, SourceObserver
 from relay.runtime.common import (
     Shutdown,
     Signals,
     health_server,
+    kubernetes_stats,
     log_dir_writable,
     main_health,
     open_registry,
+    pod_watch,
     registry_stats,
     release_state,
     remove_expired_forever,
@@ -64,11 +67,13 @@ class Server:
         admission_share: int = 1,
         worker_index: int = 0,
         standby: bool = False,
+        pods: Callable[[str], PodNames | None] | None = None,
     ) -> None:
         """`known_sources`: children registered before (admitted whatever the limits);
         `admission_share`: this process's share of max_children (1 of N workers: 1/N);
         `worker_index`: which worker this is (names its forward spools); `standby`: another
-        process still owns the state dir, the forward spools are opened by `take_over`."""
+        process still owns the state dir, the forward spools are opened by `take_over`; `pods`:
+        the pod index, in the process that watches (route file names)."""
         self.config = config
         self._worker_index = worker_index
         self.forward = None
@@ -106,6 +111,7 @@ class Server:
                 SourceFilter(config.origin.trusted_sources) if config.origin.trust_origip else None
             ),
             forward=self.forward,
+            pods=pods,
         )
         self.sources = SourceFilter(listen.allowed_sources) if listen.allowed_sources else None
         self.rate_limit = (
@@ -245,11 +251,19 @@ async def serve_here(
     on_ready: Callable[[Server | object], None] | None,
     signals: Signals | None,
 ) -> None:
-    registry, announcer = open_registry(config)
+    watch = pod_watch(config)
+    registry, announcer = open_registry(config, watch)
     lock = try_lock_state(config.state_dir)
     [sockets] = bind_listeners(config.listen)
     known = [child.ip for child in registry.children()]
-    server = Server(config, sockets, observer=registry, known_sources=known, standby=lock is None)
+    server = Server(
+        config,
+        sockets,
+        observer=registry,
+        known_sources=known,
+        standby=lock is None,
+        pods=watch.index.resolve if watch is not None else None,
+    )
     if signals is not None:
         signals.on_hup = server.reopen
     await server.start_listeners()
@@ -271,10 +285,17 @@ async def serve_here(
         ])  # fmt: skip
 
     owner = asyncio.get_running_loop().create_task(own_state())
+    if watch is not None:  # on this loop, beside reception: never on a message's path
+        background.append(asyncio.get_running_loop().create_task(watch.run()))
     inactive_after_s = config.children.inactive_after_s
     health = health_server(
         config,
-        lambda: {**server.stats(), **registry_stats(registry, inactive_after_s), "workers": 1},
+        lambda: {
+            **server.stats(),
+            **registry_stats(registry, inactive_after_s),
+            **kubernetes_stats(registry, watch),
+            "workers": 1,
+        },
         server.ready,
     )
     await start_health(health)

@@ -37,9 +37,11 @@ from relay.runtime.common import (
     Shutdown,
     Signals,
     health_server,
+    kubernetes_stats,
     log_dir_writable,
     main_health,
     open_registry,
+    pod_watch,
     registry_stats,
     release_state,
     remove_expired_forever,
@@ -477,7 +479,8 @@ async def supervise(
     lock = try_lock_state(config.state_dir)
     if lock is None:
         lock = await _stand_by(config)
-    registry, announcer = open_registry(config)
+    watch = pod_watch(config)
+    registry, announcer = open_registry(config, watch)
     workers = [Worker(i, config, sockets, registry) for i, sockets in enumerate(socket_sets)]
     supervisor = Supervisor(config, workers, Standby(config, socket_sets, registry))
     if signals is not None:
@@ -487,6 +490,8 @@ async def supervise(
         loop.create_task(announcer.run(registry)),
         loop.create_task(remove_expired_forever(registry, config)),
     ]
+    if watch is not None:  # the registry's loop resolves the workers' reports
+        background.append(loop.create_task(watch.run()))
     try:
         for worker in workers:
             await worker.start()
@@ -500,7 +505,11 @@ async def supervise(
         inactive_after_s = config.children.inactive_after_s
         health = health_server(
             config,
-            lambda: {**supervisor.stats(), **registry_stats(registry, inactive_after_s)},
+            lambda: {
+                **supervisor.stats(),
+                **registry_stats(registry, inactive_after_s),
+                **kubernetes_stats(registry, watch),
+            },
             supervisor.ready,
         )
         await start_health(health)

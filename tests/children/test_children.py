@@ -623,10 +623,10 @@ def test_format_table() -> None:
     ]
     lines = format_table(children).splitlines()
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(T0 + 1))
-    assert lines[0].split() == ["IP", "HOSTNAME", "MESSAGES", "FIRST", "SEEN", "LAST", "SEEN",
-                                "ANNOUNCED", "VIA"]  # fmt: skip
+    assert lines[0].split() == ["IP", "HOSTNAME", "NAMESPACE", "POD", "WORKLOAD", "MESSAGES",
+                                "FIRST", "SEEN", "LAST", "SEEN", "ANNOUNCED", "VIA"]  # fmt: skip
     assert [line.split()[0] for line in lines[1:]] == ["10.0.0.9", "10.0.0.10", "::1"]
-    assert lines[1].split()[:3] == ["10.0.0.9", "evil\\x1b[31mhost\\n", "7"]
+    assert lines[1].split()[:6] == ["10.0.0.9", "evil\\x1b[31mhost\\n", "-", "-", "-", "7"]
     assert lines[1].split()[-2:] == ["pending", "10.1.1.1"]
     assert stamp in lines[1]
     assert lines[2].split()[-2:] == ["yes", "-"]
@@ -637,4 +637,7 @@ def test_format_table() -> None:
 
 
 def test_format_table_of_no_children() -> None:
-    assert format_table([]) == "IP  HOSTNAME  MESSAGES  FIRST SEEN  LAST SEEN  ANNOUNCED  VIA\n"
+    assert (
+        format_table([])
+        == "IP  HOSTNAME  NAMESPACE  POD  WORKLOAD  MESSAGES  FIRST SEEN  LAST SEEN  ANNOUNCED  VIA\n"
+    )

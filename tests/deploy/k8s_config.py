@@ -40,8 +40,15 @@ on_full = "block"
 ca_file = "/etc/plura-relay/tls/ca.pem"
 """
 
+# pod identity: the watch on (the node's name from NODE_NAME, the in-cluster service account)
+POD_IDENTITY = [
+    *BASE,
+    ("Off: children are IPs.\nenabled = false", "Off: children are IPs.\nenabled = true"),
+]
+
 COPIES: dict[str, tuple[list[tuple[str, str]], str]] = {
     "base": (BASE, ""),
+    "overlays/pod-identity": (POD_IDENTITY, ""),
     "overlays/host-ip": (HOST_IP, ""),
     "overlays/relay": (BASE, FORWARD),
 }

@@ -39,7 +39,7 @@ NGINX_YAML = K8S / "nginx-example.yaml"
 OVERLAYS = ["flannel", "host-ip", "pod-identity", "relay", "monitoring"]
 OLDEST_VERSION = "1.26"
 CRD_KINDS = {"PodMonitor", "PrometheusRule"}  # monitoring.coreos.com/v1: no schema in the package
-ENV = {"HOST_IP": "192.0.2.7", "POD_CIDR": "10.244.0.0/16"}
+ENV = {"HOST_IP": "192.0.2.7", "POD_CIDR": "10.244.0.0/16", "NODE_NAME": "worker-1"}
 
 
 def documents(path: Path) -> list[dict[str, Any]]:

@@ -204,9 +204,9 @@ def node(tmp_path: Path) -> Iterator[Topology]:
 # --------------------------------------------------------------------------- the pieces
 
 
-def start_relay(node: Topology, tmp_path: Path) -> subprocess.Popen[bytes]:
+def start_relay(node: Topology, tmp_path: Path, extra: str = "") -> subprocess.Popen[bytes]:
     config = tmp_path / "plura-relay.toml"
-    config.write_text(fill(RELAY_CONFIG, STATE=tmp_path / "state", LOGS=tmp_path / "logs"))
+    config.write_text(fill(RELAY_CONFIG, STATE=tmp_path / "state", LOGS=tmp_path / "logs") + extra)
     env = {**clean_env(), "PYTHONPATH": str(REPO)}
     argv = [sys.executable, "-m", "relay", "serve", "--config", str(config)]
     return node.spawn(node.node, argv, name="plura-relay", env=env, cwd=REPO)
@@ -415,3 +415,109 @@ def test_node_with_pods(node: Topology, tmp_path: Path, relay_first: bool) -> No
     check_ceelogs(log_dir)
     check_weblog(log_dir)
     check_children(state_dir)
+
+
+# --------------------------------------------------------------------------- pod identity
+
+E2E_NODE_NAME = "e2e-node"
+KUBE_CONFIG = """
+[kubernetes]
+enabled = true
+node_name = "@NODE@"
+kubeconfig = "@KUBECONFIG@"
+"""
+
+
+def start_apiserver(node: Topology, tmp_path: Path) -> str:
+    """etcd and the test API server inside the node's namespace (its own loopback, so fixed
+    ports collide with nobody); returns the API server's URL."""
+    from tests.kube.apiserver import build_dir
+
+    build = build_dir()
+    etcd = "http://127.0.0.1:2379"
+    node.spawn(node.node, [str(build / "bin" / "etcd"), "--data-dir", str(tmp_path / "etcd"),
+                           "--listen-client-urls", etcd, "--advertise-client-urls", etcd,
+                           "--listen-peer-urls", "http://127.0.0.1:2380"], name="etcd")  # fmt: skip
+    url = "https://127.0.0.1:6443"
+    argv = [str(build / "bin" / "test-apiserver"), "--etcd", etcd, "--port", "6443",
+            "--cert-dir", str(tmp_path / "certs")]  # fmt: skip
+
+    def ready() -> bool:
+        try:
+            return node.run(node.node, ["curl", "-sk", "--max-time", "2", url + "/readyz"]) == "ok"
+        except RuntimeError:
+            return False
+
+    assert wait_until(lambda: _etcd_healthy(node, etcd), 30), f"etcd not up\n{node.outputs()}"
+    node.spawn(node.node, argv, name="test-apiserver")
+    assert wait_until(ready, 60), f"test API server not ready\n{node.outputs()}"
+    return url
+
+
+def _etcd_healthy(node: Topology, etcd: str) -> bool:
+    try:
+        return '"health":"true"' in node.run(
+            node.node, ["curl", "-s", "--max-time", "2", etcd + "/health"]
+        )
+    except RuntimeError:
+        return False
+
+
+def create_pod_objects(node: Topology, url: str) -> None:
+    """The namespace pods as the API server knows them: this node, their veth addresses."""
+    for pod in (*SYSLOG_PODS, WEB_POD):
+        body = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{pod.name}-7d4b9c8f6d-x{pod.name}", "namespace": "e2e",
+                         "labels": {"pod-template-hash": "7d4b9c8f6d"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": f"{pod.name}-7d4b9c8f6d", "uid": "u",
+                                              "controller": True}]},
+            "spec": {"nodeName": E2E_NODE_NAME, "containers": [{"name": "app", "image": "x"}]},
+            "status": {"phase": "Running", "podIP": pod.address, "podIPs": [{"ip": pod.address}],
+                       "startTime": "2026-12-02T10:00:00Z"},
+        }  # fmt: skip
+        node.run(node.node, ["curl", "-sk", "--fail", "-XPOST", "-H", "Content-Type: application/json",
+                             "--data-binary", json.dumps(body), f"{url}/api/v1/namespaces/e2e/pods"])  # fmt: skip
+
+
+@pytest.mark.timeout(240)
+def test_node_with_pods_known_to_the_api_server(node: Topology, tmp_path: Path) -> None:
+    """The same node, with the pods in a real API server: `children` names them."""
+    log_dir, state_dir = tmp_path / "logs", tmp_path / "state"
+    node.add_node()
+    node.add_bridge()
+    url = start_apiserver(node, tmp_path)
+    create_pod_objects(node, url)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "e2e",
+        "clusters": [{"name": "e2e", "cluster": {"server": url, "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "anonymous", "user": {}}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "anonymous"}}],
+    }))  # fmt: skip
+    relay = start_relay(node, tmp_path,
+                        extra=fill(KUBE_CONFIG, NODE=E2E_NODE_NAME, KUBECONFIG=kubeconfig))  # fmt: skip
+    wait_for_relay(node, relay)
+    assert wait_until(lambda: "pod watch: 4 pods on node" in node.output("plura-relay"), 30), (
+        node.outputs()
+    )
+    netns = add_pods(node, tmp_path)
+    log_messages(node, netns, tmp_path)
+    post_to_nginx(node, netns)
+    arrived = wait_until(lambda: delivered(log_dir), DELIVERY_TIMEOUT_S)
+    assert stop(relay) == 0, f"plura-relay did not exit cleanly\n{node.outputs()}"
+    assert arrived, f"not everything arrived: {sorted(os.listdir(log_dir))}\n{node.outputs()}"
+    check_ceelogs(log_dir)  # the files are PLURA's, as without the API server
+    check_weblog(log_dir)
+    check_children(state_dir)
+    found = children(state_dir)
+    for pod in (*SYSLOG_PODS, WEB_POD):
+        child = found[pod.address]
+        assert (child["namespace"], child["pod"], child["workload_kind"], child["workload"]) == (
+            "e2e",
+            f"{pod.name}-7d4b9c8f6d-x{pod.name}",
+            "Deployment",
+            pod.name,
+        ), child
+        assert child["node"] == E2E_NODE_NAME
