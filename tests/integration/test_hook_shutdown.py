@@ -1,0 +1,44 @@
+"""A real server stopping while a registration hook runs, its grandchild holding the hook's pipes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import ServerProcess, send_udp
+
+HOOK_TIMEOUT_S = 3.0  # longer than the test takes to send SIGTERM: the hook is in flight
+# the hook never ends; a grandchild outside its process group (setsid) holds its stderr
+HANGING_HOOK = ["sh", "-c", 'setsid sleep 60 & echo $! > "$1"; cat > /dev/null; sleep 60', "sh"]
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_during_a_hanging_hook_stops_within_the_hook_timeout(
+    tmp_path: Path, server_process: Callable[..., ServerProcess]
+) -> None:
+    pid_file = tmp_path / "sleeper.pid"
+    config = tmp_path / "hook.toml"
+    hook = json.dumps([*HANGING_HOOK, str(pid_file)])  # a JSON array is a TOML array
+    config.write_text(f"[children]\nhook_command = {hook}\nhook_timeout_s = {HOOK_TIMEOUT_S}\n")
+    server = server_process("--config", str(config))
+    try:
+        send_udp(server.port, [b"<13>Jan  5 10:11:12 h app: hi"], source="127.0.0.5")
+        deadline = time.monotonic() + 10
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            assert time.monotonic() < deadline, "the hook did not start"
+            time.sleep(0.02)
+        started = time.monotonic()
+        # the drain, the hook's settle time (hook_timeout_s), then nothing waits on the hook
+        assert server.stop(signal.SIGTERM, timeout_s=HOOK_TIMEOUT_S + 10) == 0
+        assert time.monotonic() - started < HOOK_TIMEOUT_S + 5
+    finally:
+        if pid_file.exists() and pid_file.read_text().strip():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
