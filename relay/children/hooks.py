@@ -244,7 +244,7 @@ async def run_hook_command(command: list[str], body: bytes, timeout_s: float) ->
 async def _wait_for_hook(
     transport: asyncio.SubprocessTransport, hook: _HookProcess, body: bytes, timeout_s: float
 ) -> str | None:
-    stdin = transport.get_pipe_transport(0)
+    stdin = cast(asyncio.WriteTransport | None, transport.get_pipe_transport(0))
     if stdin is not None:
         with contextlib.suppress(OSError):  # a hook that exits without reading its stdin
             stdin.write(body)
