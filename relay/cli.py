@@ -33,11 +33,38 @@ def main() -> None:
     """
 
 
-def _load(config: str | None, overrides: dict[str, Any]) -> Any:
+class OperatorError(click.ClickException):
+    """Something the operator can fix (config, environment): one line, exit status 2."""
+
+    exit_code = 2
+
+
+def _load(config: str | None, overrides: dict[str, Any], *, environment: bool = False) -> Any:
+    """The config, checked; with `environment`, also against this host (what `serve` needs)."""
     try:
-        return load_config(config, overrides)
+        cfg = load_config(config, overrides)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise OperatorError(str(exc)) from exc
+    if environment:
+        from relay.runtime.preflight import check_environment
+
+        try:
+            check_environment(cfg)
+        except ConfigError as exc:
+            raise OperatorError(f"{config}: {exc}" if config else str(exc)) from exc
+    return cfg
+
+
+def _start_error(exc: BaseException) -> str | None:
+    """One line for an error of config or environment found while starting, else None."""
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return _start_error(exc.exceptions[0])
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        text = exc.strerror or str(exc)
+        return f"{exc.filename}: {text}" if exc.filename else text
+    return None
 
 
 @main.command()
@@ -79,14 +106,17 @@ def serve(
         "log.level": log_level,
         "log.format": log_format,
     }
-    cfg = _load(config, {k: v for k, v in given.items() if v is not None})
+    cfg = _load(config, {k: v for k, v in given.items() if v is not None}, environment=True)
     setup_logging(cfg.log.level, cfg.log.format)
     from relay.runtime.start import run  # uvloop is only needed by the server
 
     try:
         run(cfg)
-    except OSError as exc:
-        raise click.ClickException(f"cannot start: {exc}") from exc
+    except (OSError, ConfigError, BaseExceptionGroup) as exc:
+        line = _start_error(exc)
+        if line is None:
+            raise
+        raise OperatorError(f"cannot start: {line}") from exc
 
 
 @main.command(hidden=True)
@@ -108,8 +138,9 @@ def worker(index: int, report_fd: int, sockets: tuple[str, ...]) -> None:
 @main.command("check-config")
 @click.argument("file", type=click.Path(dir_okay=False))
 def check_config(file: str) -> None:
-    """Validate FILE; exit 0 if it is valid, else print the error and exit 1."""
-    cfg = _load(file, {})
+    """Validate FILE, and what it names on this host (directories, TLS files, the hook command):
+    exit 0 if `serve` can use it, else print the key and what was expected and exit 2."""
+    cfg = _load(file, {}, environment=True)
     forwards = "".join(f", forward {f.name}: {f.protocol} {f.host}:{f.port}" for f in cfg.forward)
     click.echo(f"{file}: OK ({len(cfg.listen.addresses)} listen address(es), "
                f"log dir {cfg.output.log_dir}{forwards})")  # fmt: skip
@@ -145,14 +176,14 @@ def status(config: str | None, url: str | None) -> None:
     if url is None:
         cfg = _load(config, {})
         if not cfg.metrics.listen:
-            raise click.ClickException("metrics are off in the config ([metrics] listen)")
+            raise OperatorError("metrics are off in the config ([metrics] listen)")
         host, port = parse_address(cfg.metrics.listen, 9514)
         host = "127.0.0.1" if host in ("", "0.0.0.0") else host
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     try:
         click.echo(_printable_lines(format_status(fetch_status(url))))
     except OSError as exc:
-        raise click.ClickException(f"cannot reach {url}: {exc}") from exc
+        raise OperatorError(f"cannot reach {url}: {exc}") from exc
 
 
 @main.group()

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from relay.children.registry import FAILURE_LOG_INTERVAL_S, Child, RateLimitedLog, Registry
+from relay.config import check_hook_url
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Announcer:
         concurrency: int = HOOK_CONCURRENCY,
     ) -> None:
         if url is not None:
-            _check_url(url)
+            check_hook_url(url)
         self._command = command
         self._url = url
         self._backoff_initial_s = backoff_initial_s
@@ -156,16 +157,6 @@ class Announcer:
             return f"expecting an HTTP status line, got {status_line[:80]!r}"
         status = int(parts[1])
         return None if 200 <= status < 300 else f"HTTP status {status}"
-
-
-def _check_url(url: str) -> None:
-    target = urlsplit(url)
-    try:
-        port_ok = target.port is None or target.port > 0
-    except ValueError:
-        port_ok = False
-    if target.scheme not in ("http", "https") or not target.hostname or not port_ok:
-        raise ValueError(f"expecting an http:// or https:// registration hook URL, got {url!r}")
 
 
 async def _attempt(deliver: _Hook, body: bytes) -> str | None:
