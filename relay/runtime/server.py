@@ -274,6 +274,7 @@ async def serve_here(
         config,
         lambda: {**server.stats(), **registry_stats(registry, inactive_after_s), "workers": 1},
         server.ready,
+        registry,
     )
     await start_health(health)
     server.health = main_health(health)

@@ -370,6 +370,7 @@ async def supervise(
             config,
             lambda: {**supervisor.stats(), **registry_stats(registry, inactive_after_s)},
             supervisor.ready,
+            registry,
         )
         await start_health(health)
         supervisor.health = main_health(health)
