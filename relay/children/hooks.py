@@ -229,7 +229,13 @@ async def run_hook_command(command: list[str], body: bytes, timeout_s: float) ->
     try:
         return await _wait_for_hook(transport, hook, body, timeout_s)
     finally:
-        _end(transport)
+        _kill_group(transport)
+        # SIGKILLed, it exits at once: wait for that (bounded, even when cancelled) so that it
+        # is reaped while the loop still runs
+        try:
+            await asyncio.wait([hook.exited], timeout=HOOK_CLOSE_TIMEOUT_S)
+        finally:
+            transport.close()
 
 
 async def _wait_for_hook(
