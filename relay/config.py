@@ -533,7 +533,6 @@ BOUNDS: dict[str, Bound] = {
 ORDERED: list[tuple[str, str]] = [
     ("children.hook_backoff_initial_s", "children.hook_backoff_max_s"),
     ("forward[].reconnect_initial_s", "forward[].reconnect_max_s"),
-    ("forward[].segment_bytes", "forward[].max_spool_bytes"),
 ]
 
 

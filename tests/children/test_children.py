@@ -521,9 +521,17 @@ async def test_shutdown_during_a_hook_kills_it_and_announces_at_next_start(
 
 # A hook that exits at once, leaving a sleeper that holds its stderr pipe and writes its pid to
 # $1: in the hook's process group, or escaped from it (setsid), where no group kill reaches it.
+# the sleeper writes its own pid once it has its own session: then no group kill can reach it
+ESCAPE = 'setsid sh -c "echo \\$\\$ > $1; exec sleep 60"'
 LEAVE_SLEEPER_HOOKS = {
     "in-group": ["sh", "-c", 'cat > /dev/null; sleep 60 & echo $! > "$1"; exit 0', "sh"],
-    "escaped": ["sh", "-c", 'cat > /dev/null; setsid sleep 60 & echo $! > "$1"; exit 0', "sh"],
+    # (it exits once the sleeper has its session: a kill before would still reach it)
+    "escaped": [
+        "sh",
+        "-c",
+        f'cat > /dev/null; {ESCAPE} & until [ -s "$1" ]; do sleep 0.01; done',
+        "sh",
+    ],
 }
 
 
@@ -574,7 +582,7 @@ async def test_stopping_during_a_hook_whose_grandchild_escaped_with_its_pipes_is
     cancelled, and a grandchild outside its process group holds its stderr. The cancel used to
     wait (communicate) for that pipe to close: for ever."""
     pid_file = tmp_path / "sleeper.pid"
-    hook = ["sh", "-c", 'setsid sleep 60 & echo $! > "$1"; cat > /dev/null; sleep 60', "sh"]
+    hook = ["sh", "-c", f"{ESCAPE} & cat > /dev/null; sleep 60", "sh"]
     registry = Registry(tmp_path / "state", save_interval_s=0.01)
     announcer = Announcer(command=[*hook, str(pid_file)], timeout_s=20)
     with killed_at_end(pid_file):

@@ -16,7 +16,9 @@ from tests.integration.conftest import ServerProcess, send_udp
 
 HOOK_TIMEOUT_S = 3.0  # longer than the test takes to send SIGTERM: the hook is in flight
 # the hook never ends; a grandchild outside its process group (setsid) holds its stderr
-HANGING_HOOK = ["sh", "-c", 'setsid sleep 60 & echo $! > "$1"; cat > /dev/null; sleep 60', "sh"]
+# (it writes its own pid once it has its own session)
+ESCAPE = 'setsid sh -c "echo \\$\\$ > $1; exec sleep 60"'
+HANGING_HOOK = ["sh", "-c", f"{ESCAPE} & cat > /dev/null; sleep 60", "sh"]
 
 
 @pytest.mark.timeout(60)
