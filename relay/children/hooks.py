@@ -138,8 +138,10 @@ class Announcer:
         target = urlsplit(self._url)
         tls = ssl.create_default_context() if target.scheme == "https" else None
         port = target.port or (443 if tls else 80)
-        connecting = asyncio.open_connection(target.hostname, port, ssl=tls)
-        reader, writer = await asyncio.wait_for(connecting, self._timeout_s)
+        # asyncio.timeout, not wait_for: 3.11's wait_for may swallow a cancellation that comes
+        # as the connection is made, and the stopping server then waits on this hook's retries
+        async with asyncio.timeout(self._timeout_s):
+            reader, writer = await asyncio.open_connection(target.hostname, port, ssl=tls)
         try:
             async with asyncio.timeout(self._timeout_s):
                 writer.write(_post_request(self._url, body))
@@ -252,8 +254,7 @@ async def _wait_for_hook(
     except TimeoutError:
         return f"command timed out after {timeout_s:g}s"
     _kill_group(transport)  # the hook is done: its leftovers go, and with them their pipe ends
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(hook.stderr_closed), HOOK_CLOSE_TIMEOUT_S)
+    await asyncio.wait([hook.stderr_closed], timeout=HOOK_CLOSE_TIMEOUT_S)
     if code == 0:
         return None
     tail = hook.stderr.decode("utf-8", "backslashreplace").strip()
