@@ -6,6 +6,7 @@ Flags become overrides on top of the config file (only flags actually given over
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 import time
@@ -16,8 +17,8 @@ import click
 import msgspec
 
 from relay import __version__
+from relay.children.registry import Child, is_active, load_children
 from relay.children.registry import format_table as format_children
-from relay.children.registry import is_active, load_children
 from relay.config import ConfigError, load_config, parse_address
 from relay.message import printable, printable_json
 from relay.ops.logs import setup_logging
@@ -33,11 +34,38 @@ def main() -> None:
     """
 
 
-def _load(config: str | None, overrides: dict[str, Any]) -> Any:
+class OperatorError(click.ClickException):
+    """Something the operator can fix (config, environment): one line, exit status 2."""
+
+    exit_code = 2
+
+
+def _load(config: str | None, overrides: dict[str, Any], *, environment: bool = False) -> Any:
+    """The config, checked; with `environment`, also against this host (what `serve` needs)."""
     try:
-        return load_config(config, overrides)
+        cfg = load_config(config, overrides)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise OperatorError(str(exc)) from exc
+    if environment:
+        from relay.runtime.preflight import check_environment
+
+        try:
+            check_environment(cfg)
+        except ConfigError as exc:
+            raise OperatorError(f"{config}: {exc}" if config else str(exc)) from exc
+    return cfg
+
+
+def _start_error(exc: BaseException) -> str | None:
+    """One line for an error of config or environment found while starting, else None."""
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return _start_error(exc.exceptions[0])
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        text = exc.strerror or str(exc)
+        return f"{exc.filename}: {text}" if exc.filename else text
+    return None
 
 
 @main.command()
@@ -79,14 +107,17 @@ def serve(
         "log.level": log_level,
         "log.format": log_format,
     }
-    cfg = _load(config, {k: v for k, v in given.items() if v is not None})
+    cfg = _load(config, {k: v for k, v in given.items() if v is not None}, environment=True)
     setup_logging(cfg.log.level, cfg.log.format)
     from relay.runtime.start import run  # uvloop is only needed by the server
 
     try:
         run(cfg)
-    except OSError as exc:
-        raise click.ClickException(f"cannot start: {exc}") from exc
+    except (OSError, ConfigError, BaseExceptionGroup) as exc:
+        line = _start_error(exc)
+        if line is None:
+            raise
+        raise OperatorError(f"cannot start: {line}") from exc
 
 
 @main.command(hidden=True)
@@ -112,8 +143,9 @@ def worker(index: int, report_fd: int, sockets: tuple[str, ...], standby: bool) 
 @main.command("check-config")
 @click.argument("file", type=click.Path(dir_okay=False))
 def check_config(file: str) -> None:
-    """Validate FILE; exit 0 if it is valid, else print the error and exit 1."""
-    cfg = _load(file, {})
+    """Validate FILE, and what it names on this host (directories, TLS files, the hook command):
+    exit 0 if `serve` can use it, else print the key and what was expected and exit 2."""
+    cfg = _load(file, {}, environment=True)
     forwards = "".join(f", forward {f.name}: {f.protocol} {f.host}:{f.port}" for f in cfg.forward)
     click.echo(f"{file}: OK ({len(cfg.listen.addresses)} listen address(es), "
                f"log dir {cfg.output.log_dir}{forwards})")  # fmt: skip
@@ -123,10 +155,15 @@ def check_config(file: str) -> None:
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="TOML config file.")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Child registry location.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def children(config: str | None, state_dir: str | None, as_json: bool) -> None:
-    """List the child servers registered so far (works while the server runs or is stopped)."""
+@click.option("--url", help="Base URL of the running server's metrics endpoint (default: config).")
+def children(config: str | None, state_dir: str | None, as_json: bool, url: str | None) -> None:
+    """List the child servers registered so far: as the running server has them now, or, with
+    no server answering, as saved in the state dir."""
     cfg = _load(config, {"state_dir": state_dir} if state_dir else {})
-    found = load_children(Path(cfg.state_dir))
+    url = url or _metrics_url(cfg)
+    found = _children_served(url, cfg.state_dir) if url else None
+    if found is None:
+        found = load_children(Path(cfg.state_dir))
     inactive_after_s = cfg.children.inactive_after_s
     if as_json:
         now = time.time()
@@ -139,6 +176,37 @@ def children(config: str | None, state_dir: str | None, as_json: bool) -> None:
         click.echo(format_children(found, inactive_after_s=inactive_after_s))  # escaped per field
 
 
+class _Served(msgspec.Struct):
+    state_dir: str
+    children: list[Child]
+
+
+CHILDREN_TIMEOUT_S = 2.0
+
+
+def _children_served(url: str, state_dir: str) -> list[Child] | None:
+    """The running server's registry, if a server answers at `url` for this state dir."""
+    from relay.ops.status import fetch_document
+
+    body = fetch_document(url.rstrip("/") + "/children", CHILDREN_TIMEOUT_S)
+    if body is None:
+        return None
+    try:
+        served = msgspec.json.decode(body, type=_Served)
+    except msgspec.DecodeError:
+        return None
+    return served.children if served.state_dir == os.path.realpath(state_dir) else None
+
+
+def _metrics_url(cfg: Any) -> str | None:
+    """http://HOST:PORT of the metrics endpoint the config sets (a wildcard: loopback)."""
+    if not cfg.metrics.listen:
+        return None
+    host, port = parse_address(cfg.metrics.listen, 9514)
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 @main.command()
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="TOML config file.")
 @click.option("--url", help="Base URL of the metrics endpoint (default: from the config).")
@@ -147,16 +215,13 @@ def status(config: str | None, url: str | None) -> None:
     from relay.ops.status import fetch_status, format_status
 
     if url is None:
-        cfg = _load(config, {})
-        if not cfg.metrics.listen:
-            raise click.ClickException("metrics are off in the config ([metrics] listen)")
-        host, port = parse_address(cfg.metrics.listen, 9514)
-        host = "127.0.0.1" if host in ("", "0.0.0.0") else host
-        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        url = _metrics_url(_load(config, {}))
+        if url is None:
+            raise OperatorError("metrics are off in the config ([metrics] listen)")
     try:
         click.echo(_printable_lines(format_status(fetch_status(url))))
     except OSError as exc:
-        raise click.ClickException(f"cannot reach {url}: {exc}") from exc
+        raise OperatorError(f"cannot reach {url}: {exc}") from exc
 
 
 @main.group()

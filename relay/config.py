@@ -14,7 +14,8 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from string import Formatter
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -436,6 +437,8 @@ def load_config(
     config = _check_kubernetes(config, where, os.environ if environ is None else environ)
     for index, route in enumerate(config.route):
         _check_route(route, f"{where}route[{index}]")
+    _check_bounds(config, where)
+    _check_usable(config, where)
     return config
 
 
@@ -517,3 +520,224 @@ def _check_forwards(forwards: list[Forward], where: str) -> None:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError as exc:
                 raise ConfigError(f"{where}forward[{index}].match.source_cidrs: {exc}") from exc
+
+
+# -- Bounds: every number has a lowest and a highest value, and a reason --------------------------
+#
+# A key whose schema type already bounds it on both sides (ports, modes, `workers`) needs no
+# entry; every other int or float does (tests/test_config.py checks it). README's "Bounds" table
+# is generated from this one: `python -m relay.config bounds`.
+
+
+class Bound(NamedTuple):
+    low: float
+    high: float
+    why: str
+    off: bool = False
+    """0 is allowed too, and means off / never."""
+
+
+_KiB, _MiB, _GiB = 1 << 10, 1 << 20, 1 << 30
+_DAY_S = 86400.0
+_SPIN = "under it a timer fires so often that the server spins"
+_GRACE = "a worker gets 30 s to stop before it is killed, as Kubernetes' default grace period"
+_FDS = "each is a descriptor; the kernel's default per-process ceiling (nr_open) is 1,048,576"
+
+BOUNDS: dict[str, Bound] = {
+    # key (dotted; `forward[]` stands for every target): Bound(lowest, highest, why)
+    "listen.rcvbuf_bytes": Bound(0, _GiB, "the kernel keeps it, doubled, in an int; 0 leaves the "
+                                 "system's default"),
+    "listen.drain_timeout_s": Bound(0.01, 20, _GRACE),
+    "listen.rate_limit_per_source": Bound(0.1, 1e7, "below, a source is all but silenced; above, "
+                                          "it is more than the server can receive", off=True),
+    "listen.rate_limit_burst": Bound(1, 1e7, "messages a source may send at once above its rate"),
+    "listen.max_connections": Bound(1, 1_000_000, _FDS),
+    "listen.idle_timeout_s": Bound(1, 30 * _DAY_S, "below, senders pausing between messages are "
+                                   "cut off (and the check runs a quarter of it)", off=True),
+    "listen.tls.handshake_timeout_s": Bound(0.1, 300, "a handshake takes a few round trips"),
+    "output.flush_interval_s": Bound(0.001, 10, f"{_SPIN}; above, lines wait in memory that long "
+                                     "(lost if the process is killed)"),
+    "output.max_open_files": Bound(1, 1_000_000, _FDS),
+    "output.reopen_check_interval_s": Bound(0.01, 3600, f"one stat per open file each time: "
+                                            f"{_SPIN}; above, a rotated file is written that long"),
+    "hostname.dns_cache_ttl_s": Bound(1, 7 * _DAY_S, "a name changed in DNS is seen this late"),
+    "children.save_interval_s": Bound(0.01, 60, f"each save rewrites and fsyncs the registry: "
+                                      f"{_SPIN}; a crash loses at most this much"),
+    "children.inactive_after_s": Bound(0.1, 365 * _DAY_S, "a year of silence is gone"),
+    "children.retention_s": Bound(1, 3650 * _DAY_S, "ten years", off=True),
+    "children.max_children": Bound(1, 1_000_000, "each has a file and a registry line"),
+    "children.max_new_per_second": Bound(0.01, 1e6, "new files and registry entries per second"),
+    "children.new_sources_burst": Bound(1, 1e6, "as max_children"),
+    "children.hook_backoff_initial_s": Bound(0.01, 3600, _SPIN),
+    "children.hook_backoff_max_s": Bound(0.01, _DAY_S, "a child is announced at least daily"),
+    "children.hook_timeout_s": Bound(0.1, 30, f"a clean stop waits this long for hooks: {_GRACE}"),
+    "forward[].port": Bound(1, 65535, "port 0 cannot be connected to"),
+    "forward[].max_spool_bytes": Bound(64 * _KiB, 1 << 40, "a segment at least; 1 TiB of backlog"),
+    "forward[].segment_bytes": Bound(4 * _KiB, _GiB, "a page; a consumed segment is deleted "
+                                     "whole, so its size is disk held after delivery"),
+    "forward[].fsync_interval_s": Bound(0.01, 60, _SPIN),
+    "forward[].confirm_after_s": Bound(0, 60, "the spool holds this much traffic on disk"),
+    "forward[].connect_timeout_s": Bound(0.1, 300, "a connection takes a few round trips"),
+    "forward[].reconnect_initial_s": Bound(0.01, 3600, _SPIN),
+    "forward[].reconnect_max_s": Bound(0.01, _DAY_S, "an upstream back is found within this"),
+    "forward[].stats_log_interval_s": Bound(1, _DAY_S, "a log line per target each time",
+                                            off=True),
+}  # fmt: skip
+
+# (lower key, higher key): the first may not exceed the second
+ORDERED: list[tuple[str, str]] = [
+    ("children.hook_backoff_initial_s", "children.hook_backoff_max_s"),
+    ("forward[].reconnect_initial_s", "forward[].reconnect_max_s"),
+]
+
+
+def _values(node: Any, key: str, shown: str = "") -> list[tuple[str, Any]]:
+    """(`forward[1].port`, 514) for each value the dotted `key` names (`[]`: every item)."""
+    name, _, rest = key.partition(".")
+    many = name.endswith("[]")
+    value = getattr(node, name.removesuffix("[]"))
+    here = f"{shown}.{name.removesuffix('[]')}" if shown else name.removesuffix("[]")
+    items = [(f"{here}[{i}]", item) for i, item in enumerate(value)] if many else [(here, value)]
+    if not rest:
+        return items
+    return [found for path, item in items for found in _values(item, rest, path)]
+
+
+def _number(value: float) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", _GiB), ("MiB", _MiB), ("KiB", _KiB)):
+        if value >= size and value % size == 0:
+            return f"{value / size:g} {unit}"
+    return f"{value:,g}" if value < 1e6 else f"{value:,.0f}"
+
+
+def _check_bounds(config: Config, where: str) -> None:
+    for key, bound in BOUNDS.items():
+        for shown, value in _values(config, key):
+            if bound.off and value == 0:
+                continue
+            if not bound.low <= value <= bound.high:  # also false for NaN
+                also = " (or 0: off)" if bound.off else ""
+                raise ConfigError(
+                    f"{where}{shown}: expected {_number(bound.low)} to {_number(bound.high)}"
+                    f"{also}, got {value!r}: {bound.why}"
+                )
+    for low_key, high_key in ORDERED:
+        for (low_at, low), (high_at, high) in zip(
+            _values(config, low_key), _values(config, high_key), strict=True
+        ):
+            if low > high:
+                raise ConfigError(f"{where}{low_at}: expected at most {high_at} ({high!r})")
+
+
+def bounds_table() -> str:
+    """README's "Bounds" table, from BOUNDS."""
+    rows = ["| key | lowest | highest | why |", "|---|---|---|---|"]
+    for key, bound in BOUNDS.items():
+        low = _number(bound.low) + (" (or 0: off)" if bound.off else "")
+        rows.append(f"| `{key}` | {low} | {_number(bound.high)} | {bound.why} |")
+    return "\n".join(rows) + "\n"
+
+
+# -- Rules a config must keep to be of use (what the schema cannot say) ---------------------------
+
+_ANY_V4 = ("", "0.0.0.0")
+
+
+def check_hook_url(url: str) -> None:
+    """Raises ValueError unless `url` is an http:// or https:// URL with a host."""
+    target = urlsplit(url)
+    try:
+        port_ok = target.port is None or target.port > 0
+    except ValueError:
+        port_ok = False
+    if target.scheme not in ("http", "https") or not target.hostname or not port_ok:
+        raise ValueError(f"expecting an http:// or https:// registration hook URL, got {url!r}")
+
+
+def _check_usable(config: Config, where: str) -> None:
+    for rule in (_check_listeners, _check_ports, _check_children, _check_paths):
+        problem = rule(config)
+        if problem is not None:
+            raise ConfigError(f"{where}{problem}")
+
+
+def _check_listeners(config: Config) -> str | None:
+    listen = config.listen
+    if listen.addresses and not (listen.udp or listen.tcp):
+        return ("listen.udp, listen.tcp: expected at least one of them true, as listen.addresses "
+                "is set (for TLS only: listen.addresses = [])")  # fmt: skip
+    if not (listen.addresses or listen.tls.addresses):
+        return "listen.addresses: expected at least one HOST:PORT (or listen.tls.addresses)"
+    if config.metrics.listen:
+        try:
+            parse_address(config.metrics.listen, 9514)
+        except ValueError as exc:
+            return f'metrics.listen: expected HOST:PORT with an IP address, or "" for off ({exc})'
+    return None
+
+
+def _check_ports(config: Config) -> str | None:
+    """One port, one listener: a second bind to a port already taken fails at start."""
+    listen = config.listen
+    kinds = [kind for kind, on in (("tcp", listen.tcp), ("udp", listen.udp)) if on]
+    wanted = [("listen.addresses", a, kind, 514) for a in listen.addresses if not is_auto(a)
+              for kind in kinds]  # fmt: skip
+    wanted += [("listen.tls.addresses", a, "tcp", 6514) for a in listen.tls.addresses]
+    if config.metrics.listen:
+        wanted.append(("metrics.listen", config.metrics.listen, "tcp", 9514))
+    seen: list[tuple[str, str, str, int, str]] = []
+    for key, address, kind, default_port in wanted:
+        host, port = parse_address(address, default_port)
+        for other_key, other, other_host, other_port, other_kind in seen:
+            if port and port == other_port and kind == other_kind and _overlap(host, other_host):
+                return f"{key}: {address} ({kind}) takes the port of {other_key} {other}"
+        seen.append((key, address, host, port, kind))
+    return None
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Would binding both addresses on one port clash?"""
+    if a == b or "::" in (a, b):  # [::] is dual-stack: it takes the port on every address
+        return True
+    if a in _ANY_V4:
+        return ":" not in b
+    return b in _ANY_V4 and ":" not in a
+
+
+def _check_children(config: Config) -> str | None:
+    children = config.children
+    if children.hook_url:
+        try:
+            check_hook_url(children.hook_url)
+        except ValueError as exc:
+            return f"children.hook_url: {exc}"
+    if children.hook_command and not children.hook_command[0]:
+        return "children.hook_command: expected a program as the first item"
+    return None
+
+
+def _check_paths(config: Config) -> str | None:
+    out = config.output
+    for key, value in (("state_dir", config.state_dir), ("output.log_dir", out.log_dir)):
+        if not value:
+            return f"{key}: expected a directory"
+    if out.dir_mode & 0o700 != 0o700:
+        return f"output.dir_mode: expected the owner's rwx bits (0o700), got {oct(out.dir_mode)}"
+    if not out.file_mode & 0o200:
+        return "output.file_mode: expected the owner's write bit (0o200): files are reopened"
+    log_dir = Path(out.log_dir)
+    for index, route in enumerate(config.route):
+        if route.action == "drop":
+            continue  # writes no file
+        target = log_dir / route.file
+        if (not route.file or route.file.endswith("/") or target.name in ("", ".", "..")
+                or os.path.normpath(target) == os.path.normpath(log_dir)):  # fmt: skip
+            return f"route[{index}].file: expected a file name, got {route.file!r}"
+    return None
+
+
+if __name__ == "__main__":  # `python -m relay.config bounds`: README's "Bounds" table
+    import sys
+
+    if sys.argv[1:] == ["bounds"]:
+        sys.stdout.write(bounds_table())

@@ -30,7 +30,7 @@ def test_check_config_ok_and_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[children]\nhook_url = 5\n")
     result = runner.invoke(main, ["check-config", str(bad)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "$.children.hook_url" in result.output
 
 
@@ -38,7 +38,7 @@ def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("nope = 1\n")
     result = CliRunner().invoke(main, ["serve", "--config", str(bad)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "unknown field `nope`" in result.output
 
 

@@ -188,3 +188,66 @@ def test_parse_address(text: str, expected: tuple[str, int]) -> None:
 def test_extra_frame_delimiter_is_a_byte_but_not_lf_or_a_digit(value: int) -> None:
     with pytest.raises(ConfigError, match="extra_frame_delimiter"):
         load_config(None, {"listen.extra_frame_delimiter": value})
+
+
+@pytest.mark.parametrize(
+    "overrides, clash",
+    [
+        ({"listen.addresses": ["0.0.0.0:5514", "127.0.0.1:5514"]}, True),
+        ({"listen.addresses": ["[::]:5514", "127.0.0.1:5514"]}, True),  # dual-stack
+        ({"listen.addresses": ["0.0.0.0:5514", "[::1]:5514"]}, False),
+        ({"listen.addresses": ["127.0.0.1:5514", "127.0.0.2:5514"]}, False),
+        ({"listen.addresses": ["127.0.0.1:0", "127.0.0.1:0"]}, False),  # each its own port
+        (
+            {
+                "listen.addresses": ["127.0.0.1:5514"],
+                "listen.tls.addresses": ["0.0.0.0:5514"],
+                "listen.tls.cert_file": "c",
+                "listen.tls.key_file": "k",
+            },
+            True,
+        ),
+        # UDP only: the metrics' TCP port may be the same number
+        (
+            {
+                "listen.addresses": ["127.0.0.1:5514"],
+                "listen.tcp": False,
+                "metrics.listen": "127.0.0.1:5514",
+            },
+            False,
+        ),
+        ({"listen.addresses": ["127.0.0.1:5514"], "metrics.listen": ":5514"}, True),
+    ],
+)
+def test_a_port_is_taken_once(overrides: dict[str, object], clash: bool) -> None:
+    if clash:
+        with pytest.raises(ConfigError, match="takes the port of"):
+            load_config(None, overrides)
+    else:
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("output.flush_interval_s", float("inf")),
+     ("children.save_interval_s", 1e-9), ("listen.rcvbuf_bytes", 1 << 40),
+     ("listen.idle_timeout_s", 0.5)],
+)  # fmt: skip
+def test_a_number_out_of_its_bounds_names_the_key_and_the_range(key: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=rf"^{key}: expected .* to .*, got"):
+        load_config(None, {key: value})
+
+
+def test_zero_is_off_where_a_bound_says_so() -> None:
+    config = load_config(None, {"listen.idle_timeout_s": 0.0, "children.retention_s": 0.0})
+    assert (config.listen.idle_timeout_s, config.children.retention_s) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("key", ["output.flush_interval_s", "listen.idle_timeout_s",
+                                 "forward.0.confirm_after_s"])  # fmt: skip
+def test_nan_is_no_number(key: str) -> None:
+    overrides: dict[str, object] = {key: float("nan")}
+    if key.startswith("forward"):
+        overrides = {"forward": [{"name": "up", "host": "h", "confirm_after_s": float("nan")}]}
+    with pytest.raises(ConfigError, match=key.rpartition(".")[2]):
+        load_config(None, overrides)

@@ -76,7 +76,7 @@ def test_check_config_unset_variable_is_one_line(
     path.write_text('[listen]\naddresses = ["${HOST_IP}:514"]\npod_cidr = "10.42.0.0/16"\n')
     monkeypatch.delenv("HOST_IP", raising=False)
     result = CliRunner().invoke(main, ["check-config", str(path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # an operator error: exit 2, as every config error
     assert result.output == (
         f"Error: {path}: listen.addresses: ${{HOST_IP}} is not set in the environment\n"
     )

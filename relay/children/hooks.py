@@ -15,11 +15,13 @@ import random
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import cast
 from urllib.parse import urlsplit
 
 import msgspec
 
 from relay.children.registry import FAILURE_LOG_INTERVAL_S, Child, RateLimitedLog, Registry
+from relay.config import check_hook_url
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ class Announcer:
         concurrency: int = HOOK_CONCURRENCY,
     ) -> None:
         if url is not None:
-            _check_url(url)
+            check_hook_url(url)
         self._command = command
         self._url = url
         self._backoff_initial_s = backoff_initial_s
@@ -129,34 +131,17 @@ class Announcer:
 
     async def _run_command(self, body: bytes) -> str | None:
         assert self._command
-        proc = await asyncio.create_subprocess_exec(
-            *self._command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group: a timeout kills its children too
-        )
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                _, stderr = await proc.communicate(body)
-        except TimeoutError:
-            await _reap(proc)
-            return f"command timed out after {self._timeout_s:g}s"
-        except BaseException:
-            await _reap(proc)
-            raise
-        if proc.returncode == 0:
-            return None
-        tail = stderr[-STDERR_TAIL_BYTES:].decode("utf-8", "backslashreplace").strip()
-        return f"command exited with status {proc.returncode}" + (f": {tail}" if tail else "")
+        return await run_hook_command(self._command, body, self._timeout_s)
 
     async def _post(self, body: bytes) -> str | None:
         assert self._url is not None
         target = urlsplit(self._url)
         tls = ssl.create_default_context() if target.scheme == "https" else None
         port = target.port or (443 if tls else 80)
-        connecting = asyncio.open_connection(target.hostname, port, ssl=tls)
-        reader, writer = await asyncio.wait_for(connecting, self._timeout_s)
+        # asyncio.timeout, not wait_for: 3.11's wait_for may swallow a cancellation that comes
+        # as the connection is made, and the stopping server then waits on this hook's retries
+        async with asyncio.timeout(self._timeout_s):
+            reader, writer = await asyncio.open_connection(target.hostname, port, ssl=tls)
         try:
             async with asyncio.timeout(self._timeout_s):
                 writer.write(_post_request(self._url, body))
@@ -176,16 +161,6 @@ class Announcer:
         return None if 200 <= status < 300 else f"HTTP status {status}"
 
 
-def _check_url(url: str) -> None:
-    target = urlsplit(url)
-    try:
-        port_ok = target.port is None or target.port > 0
-    except ValueError:
-        port_ok = False
-    if target.scheme not in ("http", "https") or not target.hostname or not port_ok:
-        raise ValueError(f"expecting an http:// or https:// registration hook URL, got {url!r}")
-
-
 async def _attempt(deliver: _Hook, body: bytes) -> str | None:
     try:
         return await deliver(body)
@@ -193,10 +168,113 @@ async def _attempt(deliver: _Hook, body: bytes) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
-async def _reap(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    await proc.communicate()  # drain the pipes so the transport closes
+class _HookProcess(asyncio.SubprocessProtocol):
+    """What a hook command tells us: the tail of its stderr, its exit, its stderr closing.
+
+    asyncio's `Process.wait()` (and so `communicate()`) only returns once every pipe is closed,
+    and a grandchild the hook left running keeps them open: the runner waits on these futures
+    instead, each under a bound."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self.stderr_closed: asyncio.Future[None] = loop.create_future()
+        self.stderr = b""
+        self._transport: asyncio.BaseTransport | None = None
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self.stderr = (self.stderr + data)[-STDERR_TAIL_BYTES:]
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 2 and not self.stderr_closed.done():
+            self.stderr_closed.set_result(None)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def process_exited(self) -> None:
+        code = cast(asyncio.SubprocessTransport, self._transport).get_returncode()
+        if not self.exited.done():
+            self.exited.set_result(-1 if code is None else code)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.stderr_closed.done():
+            self.stderr_closed.set_result(None)
+
+
+async def run_hook_command(command: list[str], body: bytes, timeout_s: float) -> str | None:
+    """Run `command` with `body` on stdin: None if it exits 0 within `timeout_s`, else why not.
+
+    Every wait is bounded and nothing outlives the attempt: the command runs in its own process
+    group (session), which is killed (SIGKILL) once the command has exited, timed out or been
+    cancelled, so whatever it left running there dies with it; then our ends of its pipes are
+    closed. A grandchild that left the group (setsid) cannot be reached by the kill, but it
+    can no longer hold the runner up: its pipe is closed under it after HOOK_CLOSE_TIMEOUT_S.
+    """
+    loop = asyncio.get_running_loop()
+    creating = asyncio.ensure_future(
+        loop.subprocess_exec(
+            _HookProcess,
+            *command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group: killpg reaches its children
+        )
+    )
+    try:
+        # shielded: a cancelled creation would wait for the pipes (asyncio's own cleanup)
+        transport, hook = await asyncio.shield(creating)
+    except asyncio.CancelledError:
+        creating.add_done_callback(_abandon)  # kill it as soon as it exists, waiting for nothing
+        raise
+    try:
+        return await _wait_for_hook(transport, hook, body, timeout_s)
+    finally:
+        _kill_group(transport)
+        # SIGKILLed, it exits at once: wait for that (bounded, even when cancelled) so that it
+        # is reaped while the loop still runs
+        try:
+            await asyncio.wait([hook.exited], timeout=HOOK_CLOSE_TIMEOUT_S)
+        finally:
+            transport.close()
+
+
+async def _wait_for_hook(
+    transport: asyncio.SubprocessTransport, hook: _HookProcess, body: bytes, timeout_s: float
+) -> str | None:
+    stdin = cast(asyncio.WriteTransport | None, transport.get_pipe_transport(0))
+    if stdin is not None:
+        with contextlib.suppress(OSError):  # a hook that exits without reading its stdin
+            stdin.write(body)
+            stdin.close()  # EOF: a hook reading all of stdin (`body=$(cat)`) goes on
+    try:
+        async with asyncio.timeout(timeout_s):
+            code = await asyncio.shield(hook.exited)
+    except TimeoutError:
+        return f"command timed out after {timeout_s:g}s"
+    _kill_group(transport)  # the hook is done: its leftovers go, and with them their pipe ends
+    await asyncio.wait([hook.stderr_closed], timeout=HOOK_CLOSE_TIMEOUT_S)
+    if code == 0:
+        return None
+    tail = hook.stderr.decode("utf-8", "backslashreplace").strip()
+    return f"command exited with status {code}" + (f": {tail}" if tail else "")
+
+
+def _kill_group(transport: asyncio.SubprocessTransport) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(transport.get_pid(), signal.SIGKILL)
+
+
+def _end(transport: asyncio.SubprocessTransport) -> None:
+    """Kill the group and close our pipe ends; waits for nothing (the loop reaps the child)."""
+    _kill_group(transport)
+    transport.close()
+
+
+def _abandon(creating: asyncio.Future[tuple[asyncio.SubprocessTransport, _HookProcess]]) -> None:
+    if not creating.cancelled() and creating.exception() is None:
+        _end(creating.result()[0])
 
 
 def _post_request(url: str, body: bytes) -> bytes:

@@ -43,7 +43,12 @@ def bind_socket(
             set_receive_buffer(sock, rcvbuf_bytes)
         if freebind:  # the address may appear later (a bridge created with the first pod)
             sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)  # IPv6 sockets take it too
-        sock.bind((host or "0.0.0.0", port))
+        try:
+            sock.bind((host or "0.0.0.0", port))
+        except OSError as exc:  # name the address: "Address already in use" alone does not
+            name = "tcp" if kind == socket.SOCK_STREAM else "udp"
+            where = f"[{host}]:{port}" if ":" in host else f"{host or '0.0.0.0'}:{port}"
+            raise OSError(exc.errno, f"cannot bind {name} {where}: {exc.strerror}") from exc
         sock.setblocking(False)
     except BaseException:
         sock.close()

@@ -170,7 +170,8 @@ class HealthServer:
     """A tiny HTTP/1.1 server on the event loop (GET only; one request per connection).
 
     `sock`: a listening socket bound by the caller (else it binds `address`); `metrics_only`:
-    serve /metrics and nothing else (the listener Prometheus reaches over the network).
+    serve /metrics and nothing else (the listener Prometheus reaches over the network);
+    `documents`: more paths, each answered with the JSON its function returns then.
     """
 
     def __init__(
@@ -181,10 +182,12 @@ class HealthServer:
         *,
         sock: socket.socket | None = None,
         metrics_only: bool = False,
+        documents: dict[str, Callable[[], bytes]] | None = None,
     ) -> None:
         self._address = address
         self._sock = sock
         self.metrics_only = metrics_only
+        self._documents = documents or {}
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(RelayCollector(stats))
         self._ready = ready
@@ -229,6 +232,8 @@ class HealthServer:
         if path == "/readyz":
             ready, why = self._ready()
             return (200 if ready else 503), "text/plain", (why + "\n").encode()
+        if path in self._documents:
+            return 200, "application/json", self._documents[path]()
         return 404, "text/plain", b"not found: try /metrics, /healthz, /readyz\n"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -28,6 +28,16 @@ def fetch_status(url: str) -> Status:
     return Status(code == 200, readiness.strip(), samples)
 
 
+def fetch_document(url: str, timeout_s: float = TIMEOUT_S) -> bytes | None:
+    """The body of a 200 answer at `url`, or None when no server answers it so (nothing
+    listening, a server without that path, a timeout)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return bytes(response.read()) if response.status == 200 else None
+    except (OSError, ValueError):  # URLError and HTTPError are OSErrors
+        return None
+
+
 def _get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 Shutdown = Callable[[], Awaitable[object]]
 AUTO_RETRY_S = 1.0
 FD_HEADROOM = 64  # listeners, pipes, registry, metrics
+CHILDREN_PATH = "/children"
+_children_encoder = msgspec.json.Encoder()
 
 
 def log_dir_writable(log_dir: str) -> tuple[bool, str]:
@@ -59,9 +61,14 @@ def registry_stats(registry: Registry, inactive_after_s: float) -> dict[str, flo
     }
 
 
-def health_server(config: Config, stats: Stats, ready: Readiness) -> list[HealthServer]:
+def health_server(
+    config: Config, stats: Stats, ready: Readiness, registry: Registry | None = None
+) -> list[HealthServer]:
     """Health and metrics on `metrics.listen`, and /metrics alone on `metrics.scrape_listen`."""
     servers = []
+    documents = {}
+    if registry is not None:
+        documents[CHILDREN_PATH] = lambda: children_document(registry, config.state_dir)
     for address, metrics_only in ((config.metrics.listen, False),
                                   (config.metrics.scrape_listen, True)):  # fmt: skip
         if address:
@@ -73,9 +80,19 @@ def health_server(config: Config, stats: Stats, ready: Readiness) -> list[Health
                     ready,
                     sock=_bind_http(host, port),
                     metrics_only=metrics_only,
+                    documents=documents if not metrics_only else None,
                 )
             )
     return servers
+
+
+def children_document(registry: Registry, state_dir: str) -> bytes:
+    """GET /children: the registry as it is in memory now (`plura-relay children` asks for it:
+    children.json has new children within save_interval_s but counters only every 30 s); the
+    state dir tells the command whether this is the server of the registry it wants."""
+    return _children_encoder.encode(
+        {"state_dir": os.path.realpath(state_dir), "children": registry.children()}
+    )
 
 
 def _bind_http(host: str, port: int) -> socket.socket | None:

@@ -297,6 +297,7 @@ async def serve_here(
             "workers": 1,
         },
         server.ready,
+        registry,
     )
     await start_health(health)
     server.health = main_health(health)

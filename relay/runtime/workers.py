@@ -511,6 +511,7 @@ async def supervise(
                 **kubernetes_stats(registry, watch),
             },
             supervisor.ready,
+            registry,
         )
         await start_health(health)
         supervisor.health = main_health(health)

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -517,6 +517,85 @@ async def test_shutdown_during_a_hook_kills_it_and_announces_at_next_start(
     registry = Registry(tmp_path / "state", save_interval_s=0.01)
     async with running(registry, Announcer(command=[*HANG_FIRST_HOOK, str(marker)])):
         await eventually(lambda: registry.children()[0].announced)
+
+
+# A hook that exits at once, leaving a sleeper that holds its stderr pipe and writes its pid to
+# $1: in the hook's process group, or escaped from it (setsid), where no group kill reaches it.
+# the sleeper writes its own pid once it has its own session: then no group kill can reach it
+ESCAPE = 'setsid sh -c "echo \\$\\$ > $1; exec sleep 60"'
+LEAVE_SLEEPER_HOOKS = {
+    "in-group": ["sh", "-c", 'cat > /dev/null; sleep 60 & echo $! > "$1"; exit 0', "sh"],
+    # (it exits once the sleeper has its session: a kill before would still reach it)
+    "escaped": [
+        "sh",
+        "-c",
+        f'cat > /dev/null; {ESCAPE} & until [ -s "$1" ]; do sleep 0.01; done',
+        "sh",
+    ],
+}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie no longer holds anything
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+
+
+@contextlib.contextmanager
+def killed_at_end(pid_file: Path) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if pid_file.exists() and pid_file.read_text().strip():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), 9)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", list(LEAVE_SLEEPER_HOOKS))
+async def test_a_hook_that_exits_is_done_whatever_it_leaves_holding_its_pipes(
+    tmp_path: Path, kind: str
+) -> None:
+    """asyncio's wait() waits for the pipes too: a leftover sleeper held the runner until the
+    hook timed out (and, escaped from the group, for ever). Now: done once the hook exits (the
+    escaped one within HOOK_CLOSE_TIMEOUT_S), and what stayed in its group is killed."""
+    pid_file = tmp_path / "sleeper.pid"
+    announcer = Announcer(command=[*LEAVE_SLEEPER_HOOKS[kind], str(pid_file)], timeout_s=20)
+    registry = Registry(tmp_path / "state", save_interval_s=0.01)
+    with killed_at_end(pid_file):
+        async with running(registry, announcer):
+            registry.observe("10.0.0.1", b"a", T0)
+            await eventually(lambda: registry.children()[0].announced, timeout_s=4)
+        sleeper = int(pid_file.read_text())
+        if kind == "in-group":
+            await eventually(lambda: not _alive(sleeper), timeout_s=2)
+
+
+@pytest.mark.timeout(30)
+async def test_stopping_during_a_hook_whose_grandchild_escaped_with_its_pipes_is_immediate(
+    tmp_path: Path,
+) -> None:
+    """The hang of the issue, made deterministic: the hook still runs when the announcer is
+    cancelled, and a grandchild outside its process group holds its stderr. The cancel used to
+    wait (communicate) for that pipe to close: for ever."""
+    pid_file = tmp_path / "sleeper.pid"
+    hook = ["sh", "-c", f"{ESCAPE} & cat > /dev/null; sleep 60", "sh"]
+    registry = Registry(tmp_path / "state", save_interval_s=0.01)
+    announcer = Announcer(command=[*hook, str(pid_file)], timeout_s=20)
+    with killed_at_end(pid_file):
+        tasks = [asyncio.create_task(announcer.run(registry))]
+        registry.observe("10.0.0.1", b"a", T0)
+        registry.save()  # hands the child to the announcer
+        await eventually(lambda: pid_file.exists() and bool(pid_file.read_text().strip()))
+        started = time.monotonic()
+        tasks[0].cancel()
+        done, _ = await asyncio.wait(tasks, timeout=3)
+        assert done, "the announcer did not stop within 3 s of its cancellation"
+        assert time.monotonic() - started < 1.0
+        assert _alive(int(pid_file.read_text()))  # it escaped: no kill reaches it, no wait either
 
 
 class HookServer:
