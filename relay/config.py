@@ -571,6 +571,10 @@ BOUNDS: dict[str, Bound] = {
     "children.hook_backoff_initial_s": Bound(0.01, 3600, _SPIN),
     "children.hook_backoff_max_s": Bound(0.01, _DAY_S, "a child is announced at least daily"),
     "children.hook_timeout_s": Bound(0.1, 30, f"a clean stop waits this long for hooks: {_GRACE}"),
+    "kubernetes.deleted_pod_grace_s": Bound(
+        0, 86_400, "late messages of a deleted pod; a day is far past any sender's retry"
+    ),
+    "kubernetes.warning_interval_s": Bound(1, 3_600, "one WARNING per interval, API away"),
     "forward[].port": Bound(1, 65535, "port 0 cannot be connected to"),
     "forward[].max_spool_bytes": Bound(64 * _KiB, 1 << 40, "a segment at least; 1 TiB of backlog"),
     "forward[].segment_bytes": Bound(4 * _KiB, _GiB, "a page; a consumed segment is deleted "
