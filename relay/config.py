@@ -552,7 +552,7 @@ BOUNDS: dict[str, Bound] = {
                                           "it is more than the server can receive", off=True),
     "listen.rate_limit_burst": Bound(1, 1e7, "messages a source may send at once above its rate"),
     "listen.max_connections": Bound(1, 1_000_000, _FDS),
-    "listen.idle_timeout_s": Bound(1, 30 * _DAY_S, "below, senders pausing between messages are "
+    "listen.idle_timeout_s": Bound(0.2, 30 * _DAY_S, "below, senders pausing between messages are "
                                    "cut off (and the check runs a quarter of it)", off=True),
     "listen.tls.handshake_timeout_s": Bound(0.1, 300, "a handshake takes a few round trips"),
     "output.flush_interval_s": Bound(0.001, 10, f"{_SPIN}; above, lines wait in memory that long "
