@@ -70,6 +70,14 @@ def add_plan_options(p: argparse.ArgumentParser, defaults: driver.Plan) -> None:
         help='add an rsyslog variant: "threads=N rcvbuf=SIZE" (imudp\'s threads and '
         'rcvbufSize, e.g. "threads=2 rcvbuf=4m"; repeatable)',
     )
+    p.add_argument(
+        "--plura-tree",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="add plura-relay run from another checkout (e.g. `git worktree add --detach DIR "
+        "REV`): before and after in one run (repeatable)",
+    )
     p.add_argument("--reps", type=int, default=d.reps, help="repetitions of every figure")
     p.add_argument("--sources", type=int, default=d.sources, help="UDP/TCP source addresses")
     p.add_argument("--size", type=int, default=d.size, help="message bytes (framing excluded)")
@@ -157,7 +165,10 @@ def plan_from(args: argparse.Namespace, specs: list[ServerSpec]) -> driver.Plan:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    plan = plan_from(args, parse_servers(args.servers, args.plura_args, args.rsyslog_args))
+    plan = plan_from(
+        args,
+        parse_servers(args.servers, args.plura_args, args.rsyslog_args, args.plura_tree),
+    )
     results = driver.run_plan(plan)
     raw = plan.out_dir / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
     driver.save_results(results, raw)

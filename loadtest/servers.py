@@ -34,6 +34,7 @@ class ServerSpec:
     name: str  # shown in the results, e.g. "plura-relay --workers 2"
     kind: str  # one of KINDS
     args: tuple[str, ...] = ()  # extra command-line arguments (plura-relay)
+    tree: str = ""  # plura-relay from another checkout (a before/after in one run); "" = this one
 
     @property
     def slug(self) -> str:
@@ -44,11 +45,15 @@ RSYSLOG_OPTIONS = ("threads", "rcvbuf")
 
 
 def parse_servers(
-    names: str, plura_variants: list[str], rsyslog_variants: Sequence[str] = ()
+    names: str,
+    plura_variants: list[str],
+    rsyslog_variants: Sequence[str] = (),
+    plura_trees: Sequence[str] = (),
 ) -> list[ServerSpec]:
-    """`--servers rsyslog,plura-relay` plus one plura-relay variant per `--plura-args` and one
+    """`--servers rsyslog,plura-relay` plus one plura-relay variant per `--plura-args`, one
     rsyslog variant per `--rsyslog-args` (`threads=N rcvbuf=SIZE`: imudp's threads and
-    rcvbufSize)."""
+    rcvbufSize) and one plura-relay per `--plura-tree DIR` (another checkout, e.g. a git worktree
+    of an earlier commit: before and after measured in the same run)."""
     specs = []
     for name in filter(None, (n.strip() for n in names.split(","))):
         if name not in KINDS:
@@ -64,9 +69,26 @@ def parse_servers(
             if key not in RSYSLOG_OPTIONS or not value:
                 raise ValueError(f"--rsyslog-args {arg!r}: expecting threads=N or rcvbuf=SIZE")
         specs.append(ServerSpec("rsyslog " + " ".join(args), "rsyslog", args))
+    for tree in plura_trees:
+        root = Path(tree).resolve()
+        if not (root / "relay" / "__main__.py").is_file():
+            raise ValueError(f"--plura-tree {tree}: no relay/ package there")
+        specs.append(ServerSpec(f"plura-relay @{_revision(root)}", "plura-relay", tree=str(root)))
     if not specs:
         raise ValueError("no server selected")
     return specs
+
+
+def _revision(root: Path) -> str:
+    """The short commit a checkout is at (its directory name if git cannot tell)."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return root.name
+    return done.stdout.strip() or root.name
 
 
 def free_port() -> int:
@@ -88,7 +110,7 @@ def code_digest(spec: ServerSpec) -> str:
     if spec.kind == "rsyslog":
         paths = [Path(shutil.which("rsyslogd") or "/usr/sbin/rsyslogd")]
     else:
-        paths = sorted((REPO / "relay").rglob("*.py"))
+        paths = sorted((Path(spec.tree or REPO) / "relay").rglob("*.py"))
     h = hashlib.sha256()
     for path in paths:
         with contextlib.suppress(OSError):
@@ -108,9 +130,9 @@ def plura_relay_available() -> bool:
     return done.returncode == 0
 
 
-def _env() -> dict[str, str]:
+def _env(tree: str = "") -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [tree or str(REPO), env.get("PYTHONPATH")]))
     return env
 
 
@@ -164,7 +186,7 @@ class Server:
         with open(self.work_dir / "server.log", "wb") as log:
             self.proc = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.work_dir, env=_env(),
+                cwd=self.work_dir, env=_env(self.spec.tree),
             )  # fmt: skip
         return self
 

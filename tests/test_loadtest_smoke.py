@@ -70,3 +70,41 @@ def test_loadtest_relay_smoke_forwards_through_both_servers(tmp_path: Path) -> N
         assert r["received"] == r["sent"] > 0, r["server"]
         assert r["fwd_received"] + r["fwd_missing"] == r["sent"], r["server"]
         assert r["sample_checked"] > 0, r["server"]
+
+
+@pytest.mark.parametrize(
+    ("names", "plura", "rsyslog", "trees", "expected"),
+    [
+        ("rsyslog,plura-relay", [], [], [], ["rsyslog", "plura-relay"]),
+        ("plura-relay", ["--workers 2"], [], [], ["plura-relay", "plura-relay --workers 2"]),
+        ("rsyslog", [], ["threads=2 rcvbuf=4m"], [], ["rsyslog", "rsyslog threads=2 rcvbuf=4m"]),
+        ("", [], [], [str(ROOT)], ["plura-relay @"]),
+    ],
+)
+def test_server_variants(
+    names: str, plura: list[str], rsyslog: list[str], trees: list[str], expected: list[str]
+) -> None:
+    from loadtest.servers import parse_servers
+
+    specs = parse_servers(names, plura, rsyslog, trees)
+    assert [s.name[: len(e)] for s, e in zip(specs, expected, strict=True)] == expected
+    if trees:  # another checkout: its relay/ on PYTHONPATH, named by its commit
+        assert specs[-1].tree == str(ROOT) and len(specs[-1].name) > len("plura-relay @")
+
+
+@pytest.mark.parametrize(
+    ("plura", "rsyslog", "trees", "error"),
+    [
+        ([], ["threads"], [], "expecting threads=N or rcvbuf=SIZE"),
+        ([], ["queue=9"], [], "expecting threads=N or rcvbuf=SIZE"),
+        ([], [], ["/nonexistent"], "no relay/ package there"),
+        ([], [], [], "no server selected"),
+    ],
+)
+def test_bad_server_variants(
+    plura: list[str], rsyslog: list[str], trees: list[str], error: str
+) -> None:
+    from loadtest.servers import parse_servers
+
+    with pytest.raises(ValueError, match=error):
+        parse_servers("", plura, rsyslog, trees)
