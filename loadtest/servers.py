@@ -27,6 +27,13 @@ from loadtest.gen import send_probe
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("rsyslog", "plura-relay")
 STOP_TIMEOUT_S = 15.0
+LOAD_CONFIG = """\
+# written by loadtest/servers.py: defaults, but every new source admitted at once
+[children]
+max_new_per_second = 1000000
+new_sources_burst = 1000000
+max_children = 100000
+"""
 
 
 @dataclass(frozen=True)
@@ -168,8 +175,17 @@ class Server:
             pidfile = self.work_dir / "rsyslogd.pid"
             return ["rsyslogd", "-n", "-f", str(conf), "-i", str(pidfile)]
         state = self.work_dir / "state"
+        config: list[str] = []
+        if not {"-c", "--config"} & set(self.spec.args):
+            # The sources session brings 10,000 new addresses within seconds; the default
+            # admission rate (children.max_new_per_second 100, burst 1000: a spoofed flood must
+            # not create a file per address) would send most of them to ceelog-overflow.log,
+            # where rsyslog writes a file per source. Admit them all, as rsyslog does.
+            conf = self.work_dir / "plura-load.toml"
+            conf.write_text(LOAD_CONFIG)
+            config = ["--config", str(conf)]
         return [
-            sys.executable, "-m", "relay", "serve", "--listen", f"127.0.0.1:{self.port}",
+            sys.executable, "-m", "relay", "serve", *config, "--listen", f"127.0.0.1:{self.port}",
             "--log-dir", str(self.log_dir), "--state-dir", str(state), *self.spec.args,
         ]  # fmt: skip
 
