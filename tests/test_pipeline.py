@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import relay.pipeline as pipeline_module
 from relay.config import Route, RouteMatch
 from relay.output.routes import FileName, Target, render_for_route
 from relay.output.template import CeeTemplate
@@ -112,3 +114,23 @@ def test_any_batch_equals_render_of_parse_per_frame(
             if ceelog:
                 expected.setdefault(ceelog_name(peer), []).append(template.render(message))
     assert sink.files == expected
+
+
+@pytest.mark.parametrize("part", [1, 3, 7, 128])
+def test_a_batch_longer_than_a_part_is_rendered_in_parts_alike(
+    monkeypatch: pytest.MonkeyPatch, part: int
+) -> None:
+    """A TCP read of more than BATCH_FRAMES frames is rendered part by part: the lines are
+    those of render(parse(frame)), in order, and the registry hears of every frame."""
+    monkeypatch.setattr(pipeline_module, "BATCH_FRAMES", part)
+    raw = [HEADS[i % len(HEADS)] + b'body %d a/b "q" \\' % i for i in range(300)]
+    sink, sources = Lines(), Sources()
+    Pipeline(sink, observer=sources).handle_batch(raw, "127.0.0.9", 1_700_000_000.25)
+    template = CeeTemplate()
+    expected = [
+        template.render(parse(frame, received_at=1_700_000_000.25, peer="127.0.0.9"))
+        for frame in raw
+    ]
+    assert sink.files == {ceelog_name("127.0.0.9"): expected}
+    assert sum(count for *_, count in sources.seen) == len(raw)
+    assert len(sources.seen) == -(-len(raw) // part)
