@@ -8,13 +8,13 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.disks import small_tmpfs as mount_tmpfs
 from tests.integration.conftest import ServerProcess, lf, read_lines, send_udp
 
 SOURCE = "127.0.0.1"
@@ -83,15 +83,8 @@ def _fill(path: Path, leave_bytes: int) -> None:
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], check=True)
-    try:
+    with mount_tmpfs(tmp_path / "tmpfs", "512k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.timeout(120)

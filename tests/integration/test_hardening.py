@@ -7,14 +7,15 @@ import asyncio
 import os
 import shutil
 import socket
-import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from relay.children.registry import load_children
+from tests.disks import small_tmpfs
 from tests.integration.conftest import (
     lf,
     read_lines,
@@ -166,16 +167,9 @@ async def test_rotation_by_rename_delete_and_copytruncate_without_signal(tmp_pat
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Any:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
-    try:
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with small_tmpfs(tmp_path / "small", "256k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 async def test_full_disk_keeps_receiving_and_resumes(tmp_path: Path, small_disk: Path) -> None:
