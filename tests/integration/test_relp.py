@@ -271,3 +271,48 @@ async def test_lines_that_cannot_be_written_are_not_acknowledged(tmp_path: Path)
         assert answers[0].txnr == 1 and parse_rsp(answers[0].data)[0] == 200
         assert answers[1:] == [SERVERCLOSE]  # no ack for 2 and 3: the sender resends them
         await metric_until(srv, "plura_relay_relp_sessions_closed_unacknowledged_total", 1)
+
+
+@pytest.mark.timeout(60)
+async def test_relp_over_tls_and_relp_on_the_syslog_tls_port(tmp_path: Path) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    overrides = {
+        "listen.relp.tls_addresses": ["127.0.0.1:0"],
+        "listen.tls.addresses": ["127.0.0.1:0"],
+        "listen.tls.cert_file": str(cert),
+        "listen.tls.key_file": str(key),
+    }
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    async with running_server(tmp_path, overrides) as srv:
+
+        def session(port: int, wire: bytes) -> list[RelpFrame]:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                    context.wrap_socket(raw, server_hostname="localhost") as tls:  # fmt: skip
+                tls.sendall(wire)
+                decoder, frames = RelpDecoder(), []
+                while data := tls.recv(65536):
+                    frames += decoder.feed(data)
+                return frames
+
+        wire = OPEN + encode(2, b"syslog", message(2)) + encode(3, b"close")
+        answers = await asyncio.to_thread(session, relp_port(srv, "relp-tls"), wire)
+        assert [(a.txnr, a.data[:6]) for a in answers] == [
+            (1, b"200 OK"), (2, b"200 OK"), (3, b""), (0, b""),
+        ]  # fmt: skip
+        assert [line["msg"] for line in read_lines(srv.file("127.0.0.1"))] == [" message 2"]
+        tls_port = relp_port(srv, "tls")
+        (refusal,) = await asyncio.to_thread(session, tls_port, wire)
+        assert parse_rsp(refusal.data)[:2] == (
+            500,
+            "plain syslog port, not RELP: use listen.relp or omfwd",
+        )
+        assert len(read_lines(srv.file("127.0.0.1"))) == 1
