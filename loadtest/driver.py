@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -117,7 +119,9 @@ def run_plan(plan: Plan) -> Results:
     if plan.gen_cpu is not None:  # the driver stays off the server's CPU
         os.sched_setaffinity(0, procfs.cpu_list(plan.gen_cpu))
     exe = build_loadgen(plan.out_dir / "bin")
-    results = Results(plan=plan_dict(plan), machine=procfs.machine())
+    # the command that made these numbers, shown with them (RESULTS.md)
+    command = shlex.join(["python", "-m", "loadtest", *sys.argv[1:]])
+    results = Results(plan=plan_dict(plan), machine={**procfs.machine(), "command": command})
     sessions = [("throughput", throughput_steps(plan)), ("sources", sources_steps(plan))]
     try:
         for rep in range(1, plan.reps + 1):

@@ -167,6 +167,15 @@ def machine_lines(results: Results) -> list[str]:
         f"{plan['udp_seconds']:g} s per offered rate via {generator}; "
         f"{plan['many_sources']:,} sources x {plan['many_per_source']} msgs for memory",
         "- Servers: " + "; ".join(f"`{s['name']}`" for s in plan["servers"]),
+        *(
+            [
+                "- `plura-relay @REV`: plura-relay as of commit REV (`--plura-tree`, a worktree of"
+                " it), started the same way in the same run: a before/after"
+            ]
+            if any(" @" in s["name"] for s in plan["servers"])
+            else []
+        ),
+        *([f"- Command: `{m['command']}`"] if m.get("command") else []),
         "- rsyslog runs PLURA's collector config (`relay.node.rsyslog_conf.collector_conf`: imudp +"
         " imtcp, CEETemplate, dynaFile ceelog-%FROMHOST-IP%.log), defaults otherwise",
     ]
