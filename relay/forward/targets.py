@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from relay.config import Forward
+from relay.forward.relp_sender import RelpTarget
 from relay.forward.spool import Spool, SpoolUnusable
 from relay.forward.target import SETTLE_MAX_S, Target
 from relay.ingest.limits import Gate
@@ -55,7 +56,8 @@ def open_target(config: Forward, state_dir: str, worker: int, workers: int) -> T
                 orphans.append((spool_at(directory), directory))
             except SpoolUnusable as exc:
                 logger.error("forward %s: %s: not sent", config.name, exc)
-    return Target(config, own, orphans)
+    kind = RelpTarget if config.protocol in ("relp", "relp-tls") else Target
+    return kind(config, own, orphans)
 
 
 def open_targets(

@@ -1,0 +1,160 @@
+"""plura-relay forwarding over RELP (`protocol = "relp"`) to a real rsyslogd with imrelp, the
+collector SIGKILLed twice and restarted on the same port: every number arrives at least once.
+
+rsyslogd is the reference collector: imrelp answers a message once it has been submitted, so
+its main queue is `Direct` here (the file is written before the answer): a killed collector
+then loses nothing it answered, and whatever is missing would be the sender's fault. The
+duplicates (RELP resends what was not answered, and what was answered but not yet committed in
+the spool) are counted and printed.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import ServerProcess
+from tests.rsyslogd import LISTEN_HOST, free_port, stop_process, tcp_port_accepts
+
+pytestmark = [pytest.mark.differential, pytest.mark.slow]
+
+TOTAL = 100_000
+SENDER = "127.0.0.2"
+CHUNK = 2_000
+SEQ = re.compile(rb"seq=(\d{6})")
+
+
+def _message(seq: int) -> bytes:
+    return b"<13>Jan  5 10:11:12 pod-a app[7]: seq=%06d payload %s" % (seq, b"x" * 60)
+
+
+def imrelp_conf(port: int, out: Path, work_dir: Path, tls: dict[str, str] | None = None) -> str:
+    tls_keys = ""
+    if tls:
+        tls_keys = (
+            ' tls="on" tls.cacert="{ca}" tls.mycert="{cert}" tls.myprivkey="{key}"'
+            ' tls.authmode="name" tls.permittedpeer=["*"]'
+        ).format(**tls)
+    return (
+        f'global(workDirectory="{work_dir}")\n'
+        'main_queue(queue.type="Direct")\n'
+        'module(load="imrelp")\n'
+        f'input(type="imrelp" port="{port}" address="{LISTEN_HOST}"{tls_keys})\n'
+        'template(name="msgonly" type="string" string="%msg%\\n")\n'
+        f'action(type="omfile" file="{out}" template="msgonly")\n'
+    )
+
+
+class RelpCollector:
+    """rsyslogd with imrelp on `port`, writing each message's msg to `out`; restartable."""
+
+    def __init__(self, binary: str, run_dir: Path, port: int) -> None:
+        self.binary, self.run_dir, self.port = binary, run_dir, port
+        self.out = run_dir / "messages.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        (run_dir / "work").mkdir(parents=True, exist_ok=True)
+        self.conf = run_dir / "rsyslog.conf"
+        self.conf.write_text(imrelp_conf(port, self.out, run_dir / "work"))
+
+    def start(self) -> None:
+        with (self.run_dir / "rsyslogd.out").open("ab") as output:
+            self.proc = subprocess.Popen(
+                [self.binary, "-n", "-f", str(self.conf), "-i", str(self.run_dir / "pid")],
+                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + 15
+        while not tcp_port_accepts(self.port, LISTEN_HOST):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((self.run_dir / "rsyslogd.out").read_text())
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def seqs(self) -> list[int]:
+        return [int(n) for n in SEQ.findall(self.out.read_bytes())] if self.out.exists() else []
+
+
+def send_numbered(port: int, first: int, last: int, pause_s: float) -> None:
+    """Numbered messages over one TCP connection to plura-relay, CHUNK at a time."""
+    with socket.socket() as sock:
+        sock.bind((SENDER, 0))
+        sock.connect((LISTEN_HOST, port))
+        for start in range(first, last, CHUNK):
+            stop = min(start + CHUNK, last)
+            sock.sendall(
+                b"".join(b"%d %s" % (len(m), m) for m in map(_message, range(start, stop)))
+            )
+            time.sleep(pause_s)
+
+
+def _wait(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def relp_forward_conf(path: Path, port: int, protocol: str = "relp", extra: str = "") -> Path:
+    path.write_text(
+        "[[forward]]\n"
+        f'name = "collector"\nhost = "127.0.0.1"\nport = {port}\nprotocol = "{protocol}"\n'
+        "reconnect_initial_s = 0.1\nreconnect_max_s = 0.5\nrelp_ack_timeout_s = 5\n"
+        "segment_bytes = 1048576\n" + extra
+    )
+    return path
+
+
+def report(name: str, seqs: list[int]) -> int:
+    unique = set(seqs)
+    missing = TOTAL - len(unique & set(range(TOTAL)))
+    print(
+        f"\n{name}: sent {TOTAL}, collector received {len(seqs)} ({len(unique)} distinct, "
+        f"{len(seqs) - len(unique)} duplicates), missing {missing}"
+    )
+    return missing
+
+
+@pytest.mark.timeout(300)
+def test_relp_to_rsyslogd_killed_twice_loses_nothing(tmp_path: Path, rsyslogd_binary: str) -> None:
+    collector = RelpCollector(rsyslogd_binary, tmp_path / "collector", free_port())
+    collector.start()
+    (tmp_path / "relay").mkdir()
+    conf = relp_forward_conf(tmp_path / "relay.toml", collector.port)
+    relay = ServerProcess(tmp_path / "relay", "--config", str(conf)).start()
+    try:
+        feeding = threading.Thread(target=send_numbered, args=(relay.port, 0, TOTAL, 0.05))
+        feeding.start()
+        for pause_s in (0.6, 1.2):  # kill while messages are in flight, restart on the port
+            _wait(lambda: len(collector.seqs()) > 0, 30, "the collector to receive")
+            time.sleep(pause_s)
+            collector.kill()
+            time.sleep(0.3)
+            collector.start()
+        feeding.join()
+        _wait(lambda: len(set(collector.seqs())) >= TOTAL, 150, "every number at the collector")
+        metrics = relay.metrics()
+    finally:
+        relay.stop(signal.SIGTERM)
+        collector.stop()
+    missing = report("relp -> rsyslogd", collector.seqs())
+    assert missing == 0
+    acked = metrics['plura_relay_forward_relp_acked_total{target="collector"}']
+    resent = metrics['plura_relay_forward_relp_resent_total{target="collector"}']
+    print(f"relay: acked {acked:.0f}, resent {resent:.0f}")
+    assert acked >= TOTAL
+    assert "RELP session with 127.0.0.1" in relay.log  # the kills were seen, and survived
