@@ -104,6 +104,7 @@ class RelpTarget(Target):
         self._upstream: _RelpUpstream | None = None
         self._opened = False  # this session's open was answered 200
         self._resend_due = 0  # messages sent on a lost session, to be sent again
+        self._unanswered = 0  # of the session that ended last
         self.acked = 0
         self.resent = 0
         self.rsp_errors = 0
@@ -142,6 +143,9 @@ class RelpTarget(Target):
         self._session_lost(link, started)
 
     def _session_lost(self, link: _RelpUpstream, started: float) -> None:
+        if self._settling:
+            logger.info("forward %s: RELP session closed", self.config.name)
+            return  # our own `close` at stop: nothing went wrong
         exc = link.lost.result() if link.lost.done() else None
         reason = link.reason or (describe(exc) if exc is not None else "closed by the upstream")
         steady = time.monotonic() - started >= STEADY_SESSION_S
@@ -151,7 +155,11 @@ class RelpTarget(Target):
         message = f"RELP session with {self.config.host}:{self.config.port} ended ({reason})"
         if steady:
             self._last_error = ""  # it worked for a while: this loss is news
-        self._log_failure(message, f"{self.pending_records} messages will be sent again")
+        self._log_failure(
+            message,
+            f"{self._unanswered} sent and not acknowledged will be sent again; "
+            f"{self.pending_records} messages spooled",
+        )
 
     async def _open(self, link: _RelpUpstream) -> None:
         """`open` with our offers; the answer must be `200` and take the `syslog` command."""
@@ -177,7 +185,9 @@ class RelpTarget(Target):
         if link is None:
             return
         command = frame.command.decode("ascii", "replace")
-        if command == "serverclose":
+        if command == "serverclose" and self._close_answer is not None:
+            link.reason = link.reason or "closed (stopping)"  # the end of our `close`
+        elif command == "serverclose":
             link.fail("the upstream closed the session (serverclose)")
         elif command != "rsp":
             self.protocol_errors += 1
@@ -296,6 +306,7 @@ class RelpTarget(Target):
         """What the session had sent and not committed goes again, from the committed
         position."""
         self._resend_due += sum(entry[4] for entry in self._inflight)
+        self._unanswered = len(self._unacked)
         self._unacked.clear()
         self._queue.clear()
         self._open_answer = self._close_answer = None

@@ -137,11 +137,10 @@ def test_relp_to_rsyslogd_killed_twice_loses_nothing(tmp_path: Path, rsyslogd_bi
     conf = relp_forward_conf(tmp_path / "relay.toml", collector.port)
     relay = ServerProcess(tmp_path / "relay", "--config", str(conf)).start()
     try:
-        feeding = threading.Thread(target=send_numbered, args=(relay.port, 0, TOTAL, 0.05))
+        feeding = threading.Thread(target=send_numbered, args=(relay.port, 0, TOTAL, 0.03))
         feeding.start()
-        for pause_s in (0.6, 1.2):  # kill while messages are in flight, restart on the port
-            _wait(lambda: len(collector.seqs()) > 0, 30, "the collector to receive")
-            time.sleep(pause_s)
+        for at in (25_000, 60_000):  # killed while messages are in flight, restarted on the port
+            _wait(lambda at=at: len(collector.seqs()) >= at, 60, f"{at} at the collector")
             collector.kill()
             time.sleep(0.3)
             collector.start()
@@ -155,6 +154,8 @@ def test_relp_to_rsyslogd_killed_twice_loses_nothing(tmp_path: Path, rsyslogd_bi
     assert missing == 0
     acked = metrics['plura_relay_forward_relp_acked_total{target="collector"}']
     resent = metrics['plura_relay_forward_relp_resent_total{target="collector"}']
-    print(f"relay: acked {acked:.0f}, resent {resent:.0f}")
+    lost = metrics['plura_relay_forward_disconnects_total{target="collector"}']
+    print(f"relay: acked {acked:.0f}, resent {resent:.0f}, sessions lost {lost:.0f}")
     assert acked >= TOTAL
+    assert lost >= 2
     assert "RELP session with 127.0.0.1" in relay.log  # the kills were seen, and survived
