@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.integration.conftest import ServerProcess
 from tests.rsyslogd import LISTEN_HOST, free_port, stop_process, tcp_port_accepts
@@ -38,9 +39,11 @@ def _message(seq: int) -> bytes:
 def imrelp_conf(port: int, out: Path, work_dir: Path, tls: dict[str, str] | None = None) -> str:
     tls_keys = ""
     if tls:
+        # imrelp with a certificate asks the client for one: `certvalid` checks it against
+        # the CA (no name rule)
         tls_keys = (
             ' tls="on" tls.cacert="{ca}" tls.mycert="{cert}" tls.myprivkey="{key}"'
-            ' tls.authmode="name" tls.permittedpeer=["*"]'
+            ' tls.authmode="certvalid"'
         ).format(**tls)
     return (
         f'global(workDirectory="{work_dir}")\n'
@@ -159,3 +162,57 @@ def test_relp_to_rsyslogd_killed_twice_loses_nothing(tmp_path: Path, rsyslogd_bi
     assert acked >= TOTAL
     assert lost >= 2
     assert "RELP session with 127.0.0.1" in relay.log  # the kills were seen, and survived
+
+
+TLS_TOTAL = 20_000
+
+
+@pytest.mark.timeout(300)
+def test_relp_tls_to_rsyslogd_killed_once_loses_nothing(
+    tmp_path: Path, rsyslogd_binary: str
+) -> None:
+    """`relp-tls` to imrelp with `tls="on"`: the collector's certificate is checked against the
+    CA (`[forward.tls] ca_file`), and a kill in mid-stream costs nothing."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = trustme.CA()
+    files = {"ca": pki / "ca.pem", "cert": pki / "cert.pem", "key": pki / "key.pem"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    cert.private_key_pem.write_to_path(str(files["key"]))
+    client = ca.issue_cert("relay-a.example")
+    client.cert_chain_pems[0].write_to_path(str(pki / "client.pem"))
+    client.private_key_pem.write_to_path(str(pki / "client.key"))
+    collector = RelpCollector(rsyslogd_binary, tmp_path / "collector", free_port())
+    collector.conf.write_text(
+        imrelp_conf(
+            collector.port, collector.out, tmp_path / "collector" / "work",
+            {name: str(path) for name, path in files.items()},
+        )
+    )  # fmt: skip
+    collector.start()
+    (tmp_path / "relay").mkdir()
+    conf = relp_forward_conf(
+        tmp_path / "relay.toml", collector.port, "relp-tls",
+        f'[forward.tls]\nca_file = "{files["ca"]}"\n'
+        f'cert_file = "{pki / "client.pem"}"\nkey_file = "{pki / "client.key"}"\n',
+    )  # fmt: skip
+    relay = ServerProcess(tmp_path / "relay", "--config", str(conf)).start()
+    try:
+        feeding = threading.Thread(target=send_numbered, args=(relay.port, 0, TLS_TOTAL, 0.03))
+        feeding.start()
+        _wait(lambda: len(collector.seqs()) >= 5_000, 60, "5k at the collector")
+        collector.kill()
+        time.sleep(0.3)
+        collector.start()
+        feeding.join()
+        _wait(lambda: len(set(collector.seqs())) >= TLS_TOTAL, 120, "every number over TLS")
+    finally:
+        relay.stop(signal.SIGTERM)
+        collector.stop()
+    seqs = collector.seqs()
+    missing = TLS_TOTAL - len(set(seqs) & set(range(TLS_TOTAL)))
+    print(f"\nrelp-tls -> rsyslogd: sent {TLS_TOTAL}, received {len(seqs)}, missing {missing}")
+    assert missing == 0
+    assert "(relp-tls)" in relay.log
