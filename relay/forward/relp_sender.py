@@ -41,17 +41,21 @@ class _RelpUpstream(_Upstream):
         self.decoder = relp.RelpDecoder(MAX_ANSWER_BYTES)
         self.on_frame: Any = None  # Callable[[relp.RelpFrame], None], set by the session
         self.reason = ""
+        self.undecodable = False  # what the upstream sent is not RELP
 
     def data_received(self, data: bytes) -> None:
+        error = None
         try:
             frames = self.decoder.feed(data)
-        except relp.RelpError as exc:
-            self.fail(f"RELP protocol error from the upstream: {exc}")
-            return
+        except relp.RelpError as exc:  # the answers before the bad byte still count
+            frames, error = exc.frames, exc
         for frame in frames:
             if self.reason or self.on_frame is None:
                 return
             self.on_frame(frame)
+        if error is not None:
+            self.undecodable = True
+            self.fail(f"RELP protocol error from the upstream: {error.reason}")
 
     def fail(self, reason: str) -> None:
         if not self.reason:
@@ -138,6 +142,7 @@ class RelpTarget(Target):
             transport.abort()
             self.connected = False
             self.disconnects += 1
+            self.protocol_errors += link.undecodable
             self._upstream = None
             self._end_session()
         self._session_lost(link, started)

@@ -67,11 +67,17 @@ class Session(asyncio.Protocol):
             self.transport.close()
         elif action == "drop" and self.transport is not None:
             self.transport.abort()
+        elif action == "junk" and self.transport is not None:
+            self.answer(txnr)  # this one is answered, then garbage follows
+            self.transport.write(b"1 rsp x\n")
+        elif action == "unknown-txnr":
+            self.answer(txnr + 1000)
 
 
 class RelpPeer:
     """`policy(session, messages received so far) -> "ok" | "hold" | "error" | "serverclose"
-    | "drop"`; every syslog message received (all sessions) in `messages`."""
+    | "drop" | "junk" | "unknown-txnr"`; every syslog message received (all sessions) in
+    `messages`."""
 
     def __init__(self, *, context: ssl.SSLContext | None = None) -> None:
         self.context = context

@@ -167,6 +167,22 @@ async def test_a_session_ended_by_the_upstream_resends_what_was_not_answered(
             assert "the upstream closed the session (serverclose)" in caplog.text
 
 
+@pytest.mark.parametrize("action", ["junk", "unknown-txnr"])
+async def test_an_answer_breaking_the_protocol_drops_the_session(
+    tmp_path: Path, action: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with _peer() as peer, _target(tmp_path, peer.port) as target:
+        peer.policy = lambda session, n: action if n == 30 and session.number == 1 else "ok"
+        with caplog.at_level(logging.WARNING):
+            _offer(target, _messages(100))
+            await _until(lambda: target.spool.pending_records == 0, "delivery after the error")
+        assert target.protocol_errors == 1
+        assert len(peer.sessions) == 2
+        assert set(peer.messages) == set(_messages(100))
+        expected = "RELP protocol error" if action == "junk" else "which is not outstanding"
+        assert expected in caplog.text
+
+
 async def test_no_answer_within_the_timeout_drops_the_session(tmp_path: Path) -> None:
     async with _peer() as peer, _target(tmp_path, peer.port, relp_ack_timeout_s=0.3) as target:
         peer.policy = lambda session, n: "hold" if session.number == 1 else "ok"
