@@ -16,12 +16,13 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 
-from tests.integration.conftest import ServerProcess
+from tests.integration.conftest import WORKERS, ServerProcess
 from tests.rsyslogd import LISTEN_HOST, free_port, stop_process, tcp_port_accepts
 
 pytestmark = [pytest.mark.differential, pytest.mark.slow]
@@ -132,8 +133,19 @@ def report(name: str, seqs: list[int]) -> int:
     return missing
 
 
+@pytest.fixture
+def relay_workers(request: pytest.FixtureRequest) -> Iterator[int]:
+    """plura-relay with one process, or with two workers (each its own spool and session)."""
+    WORKERS[0] = getattr(request, "param", 1)
+    yield WORKERS[0]
+    WORKERS[0] = 1
+
+
 @pytest.mark.timeout(300)
-def test_relp_to_rsyslogd_killed_twice_loses_nothing(tmp_path: Path, rsyslogd_binary: str) -> None:
+@pytest.mark.parametrize("relay_workers", [1, 2], indirect=True, ids=["workers1", "workers2"])
+def test_relp_to_rsyslogd_killed_twice_loses_nothing(
+    tmp_path: Path, rsyslogd_binary: str, relay_workers: int
+) -> None:
     collector = RelpCollector(rsyslogd_binary, tmp_path / "collector", free_port())
     collector.start()
     (tmp_path / "relay").mkdir()
@@ -153,7 +165,7 @@ def test_relp_to_rsyslogd_killed_twice_loses_nothing(tmp_path: Path, rsyslogd_bi
     finally:
         relay.stop(signal.SIGTERM)
         collector.stop()
-    missing = report("relp -> rsyslogd", collector.seqs())
+    missing = report(f"relp -> rsyslogd (workers {relay_workers})", collector.seqs())
     assert missing == 0
     acked = metrics['plura_relay_forward_relp_acked_total{target="collector"}']
     resent = metrics['plura_relay_forward_relp_resent_total{target="collector"}']
