@@ -42,6 +42,21 @@ class ListenTls(Base, frozen=True, forbid_unknown_fields=True):
     handshake_timeout_s: PositiveFloat = 10.0
 
 
+class ListenRelp(Base, frozen=True, forbid_unknown_fields=True):
+    addresses: list[str] = msgspec.field(default_factory=list)
+    """`HOST:PORT` of RELP listeners (rsyslog's omrelp; the usual port is 2514)."""
+    tls_addresses: list[str] = msgspec.field(default_factory=list)
+    """`HOST:PORT` of RELP-over-TLS listeners (omrelp `tls="on"`), with the certificate keys
+    of `[listen.tls]` (cert_file, key_file, client_ca_file, require_client_cert)."""
+    ack: Literal["written", "fsynced"] = "written"
+    """When a message is acknowledged: once its line is written to its file (and appended to
+    the forward spools), which a SIGKILL of plura-relay cannot undo; or once also fsynced,
+    which a host crash cannot undo either."""
+    window: int = 128
+    """Messages of a session received and not yet acknowledged at most; beyond, reading the
+    session pauses until its acks are out (librelp's default window is 128)."""
+
+
 class ListenConfig(Base, frozen=True, forbid_unknown_fields=True):
     addresses: list[str] = msgspec.field(default_factory=lambda: ["0.0.0.0:514"])
     """`HOST:PORT` (IPv6 as `[::1]:514`); each gets a UDP and a TCP listener. `auto` or
@@ -94,6 +109,8 @@ class ListenConfig(Base, frozen=True, forbid_unknown_fields=True):
     lets a max-size message through at 135 bytes/s."""
     tls: ListenTls = msgspec.field(default_factory=lambda: ListenTls())
     """TLS listeners (syslog over TLS, RFC 5425), e.g. for a relay sending to this one."""
+    relp: ListenRelp = msgspec.field(default_factory=lambda: ListenRelp())
+    """RELP listeners: every message acknowledged once it is written (rsyslog's imrelp)."""
 
 
 class OutputConfig(Base, frozen=True, forbid_unknown_fields=True):
@@ -364,6 +381,10 @@ def _expand_listen(config: Config, where: str, environ: Mapping[str, str]) -> Co
         allowed = [expand_env(c, "listen.allowed_sources", environ) for c in listen.allowed_sources]
         pod_cidr = expand_env(listen.pod_cidr, "listen.pod_cidr", environ)
         tls = [expand_env(a, "listen.tls.addresses", environ) for a in listen.tls.addresses]
+        relp = {
+            key: [expand_env(a, f"listen.relp.{key}", environ) for a in getattr(listen.relp, key)]
+            for key in ("addresses", "tls_addresses")
+        }
         metrics_listen = expand_env(metrics.listen, "metrics.listen", environ)
         scrape = expand_env(metrics.scrape_listen, "metrics.scrape_listen", environ)
     except ConfigError as exc:
@@ -380,6 +401,7 @@ def _expand_listen(config: Config, where: str, environ: Mapping[str, str]) -> Co
         allowed_sources=allowed or pod_cidrs,
         pod_cidr=pod_cidr,
         tls=msgspec.structs.replace(listen.tls, addresses=tls),
+        relp=msgspec.structs.replace(listen.relp, **relp),
     )
     metrics = msgspec.structs.replace(metrics, listen=metrics_listen, scrape_listen=scrape)
     return msgspec.structs.replace(config, listen=listen, metrics=metrics)
@@ -443,6 +465,7 @@ def load_config(
                 f"{where}{key}: expected HOST:PORT with an IP address ({exc})"
             ) from exc
     _check_tls_listeners(config.listen.tls, where)
+    _check_relp_listeners(config.listen, where)
     _check_forwards(config.forward, where)
     config = _check_kubernetes(config, where, os.environ if environ is None else environ)
     for index, route in enumerate(config.route):
@@ -514,6 +537,25 @@ def _check_tls_listeners(tls: ListenTls, where: str) -> None:
         raise ConfigError(f"{where}listen.tls.require_client_cert: expected client_ca_file")
 
 
+RELP_PORT = 2514
+
+
+def _check_relp_listeners(listen: ListenConfig, where: str) -> None:
+    relp = listen.relp
+    for key in ("addresses", "tls_addresses"):
+        for address in getattr(relp, key):
+            try:
+                parse_address(address, RELP_PORT)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{where}listen.relp.{key}: expected HOST:PORT with an IP address ({exc})"
+                ) from exc
+    if relp.tls_addresses and not (listen.tls.cert_file and listen.tls.key_file):
+        raise ConfigError(
+            f"{where}listen.relp.tls_addresses: needs listen.tls.cert_file and listen.tls.key_file"
+        )
+
+
 def _check_forwards(forwards: list[Forward], where: str) -> None:
     names = [forward.name for forward in forwards]
     for index, forward in enumerate(forwards):
@@ -564,6 +606,8 @@ BOUNDS: dict[str, Bound] = {
     "listen.max_connections": Bound(1, 1_000_000, _FDS),
     "listen.idle_timeout_s": Bound(0.2, 30 * _DAY_S, "below, senders pausing between messages are "
                                    "cut off (and the check runs a quarter of it)", off=True),
+    "listen.relp.window": Bound(1, 65536, "acks a session may wait for; librelp's default "
+                                "window is 128"),
     "listen.tls.handshake_timeout_s": Bound(0.1, 300, "a handshake takes a few round trips"),
     "output.flush_interval_s": Bound(0.001, 10, f"{_SPIN}; above, lines wait in memory that long "
                                      "(lost if the process is killed)"),
@@ -684,8 +728,12 @@ def _check_listeners(config: Config) -> str | None:
     if listen.addresses and not (listen.udp or listen.tcp):
         return ("listen.udp, listen.tcp: expected at least one of them true, as listen.addresses "
                 "is set (for TLS only: listen.addresses = [])")  # fmt: skip
-    if not (listen.addresses or listen.tls.addresses):
-        return "listen.addresses: expected at least one HOST:PORT (or listen.tls.addresses)"
+    if not (
+        listen.addresses or listen.tls.addresses or listen.relp.addresses
+        or listen.relp.tls_addresses
+    ):  # fmt: skip
+        return ("listen.addresses: expected at least one HOST:PORT (or listen.tls.addresses, "
+                "listen.relp.addresses)")  # fmt: skip
     if config.metrics.listen:
         try:
             parse_address(config.metrics.listen, 9514)
@@ -701,6 +749,8 @@ def _check_ports(config: Config) -> str | None:
     wanted = [("listen.addresses", a, kind, 514) for a in listen.addresses if not is_auto(a)
               for kind in kinds]  # fmt: skip
     wanted += [("listen.tls.addresses", a, "tcp", 6514) for a in listen.tls.addresses]
+    for key in ("addresses", "tls_addresses"):
+        wanted += [(f"listen.relp.{key}", a, "tcp", RELP_PORT) for a in getattr(listen.relp, key)]
     if config.metrics.listen:
         wanted.append(("metrics.listen", config.metrics.listen, "tcp", 9514))
     seen: list[tuple[str, str, str, int, str]] = []

@@ -254,6 +254,11 @@ class Spool:
         return self._pending_bytes >= self.max_bytes
 
     @property
+    def unwritten_bytes(self) -> int:
+        """Records appended and not yet written to a segment (a write failed: disk full...)."""
+        return len(self._buffer)
+
+    @property
     def pending_bytes(self) -> int:
         """Record bytes (headers included) after the committed position, unflushed ones too."""
         return self._pending_bytes

@@ -142,6 +142,21 @@ class Forwarders:
             target.take(offered, peer, received_at, lossless, parse)
         self._update_gate()
 
+    def make_safe(self, fsync: bool) -> bool:
+        """Whether everything taken so far is written to the spools' segments (and fsynced,
+        with `fsync`): what a RELP acknowledgement promises. False while the spools are not
+        this process's yet (held in memory) or a write failed (kept in memory, retried)."""
+        if self._held is not None:
+            return False
+        safe = True
+        for target in self.targets:
+            spool = target.spool
+            spool.flush()
+            if fsync:
+                spool.sync()
+            safe = safe and spool.unwritten_bytes == 0
+        return safe
+
     def _update_gate(self) -> None:
         """Closed while a `block` spool is full (TCP senders wait), except while draining."""
         if not self._draining:

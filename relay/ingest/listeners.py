@@ -10,7 +10,7 @@ import logging
 import socket
 from typing import NamedTuple
 
-from relay.config import ListenConfig, parse_address
+from relay.config import RELP_PORT, ListenConfig, parse_address
 from relay.ingest.addresses import bind_socket
 from relay.ingest.steering import OLDEST, SUCCESSOR, steer_by_source_ip, steer_to
 
@@ -20,7 +20,7 @@ LISTEN_BACKLOG = 1024
 
 
 class BoundSocket(NamedTuple):
-    kind: str  # "udp" | "tcp"
+    kind: str  # "udp" | "tcp" | "tls" | "relp" | "relp-tls"
     host: str
     port: int
     sock: socket.socket
@@ -38,21 +38,19 @@ def bind_listeners(listen: ListenConfig, *, copies: int = 1) -> list[list[BoundS
     """
     reuse_port = True
     sets: list[list[BoundSocket]] = []
+    streams = _stream_listeners(listen)
     try:
         first = _bind_set(listen, listen.addresses, reuse_port)
-        first += _bind_tls(listen, listen.tls.addresses, reuse_port)
+        for kind, addresses, default_port in streams:
+            first += _bind_stream(listen, addresses, kind, default_port, reuse_port)
         sets.append(first)
         resolved = _resolved_addresses(listen, first)
-        resolved_tls = [
-            f"[{b.host}]:{b.port}" if ":" in b.host else f"{b.host}:{b.port}"
-            for b in first
-            if b.kind == "tls"
-        ]
         for _ in range(copies - 1):
-            sets.append(
-                _bind_set(listen, resolved, reuse_port)
-                + _bind_tls(listen, resolved_tls, reuse_port)
-            )
+            more = _bind_set(listen, resolved, reuse_port)
+            for kind, _, default_port in streams:
+                same = [_address(b.host, b.port) for b in first if b.kind == kind]
+                more += _bind_stream(listen, same, kind, default_port, reuse_port)
+            sets.append(more)
         for bound in first:
             _steer(bound, copies)
     except BaseException:
@@ -137,17 +135,33 @@ def _bind_set(listen: ListenConfig, addresses: list[str], reuse_port: bool) -> l
     return bound
 
 
-def _bind_tls(listen: ListenConfig, addresses: list[str], reuse_port: bool) -> list[BoundSocket]:
-    """TLS listeners: TCP sockets whose connections start with a TLS handshake."""
+def _stream_listeners(listen: ListenConfig) -> list[tuple[str, list[str], int]]:
+    """(kind, addresses, default port) of the stream listeners beside `listen.addresses`:
+    `tls` (syslog over TLS), `relp` and `relp-tls`."""
+    return [
+        ("tls", listen.tls.addresses, 6514),
+        ("relp", listen.relp.addresses, RELP_PORT),
+        ("relp-tls", listen.relp.tls_addresses, RELP_PORT),
+    ]
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _bind_stream(
+    listen: ListenConfig, addresses: list[str], kind: str, default_port: int, reuse_port: bool
+) -> list[BoundSocket]:
+    """TCP sockets of TLS or RELP listeners (`kind`), not paired with a UDP one."""
     bound: list[BoundSocket] = []
     try:
         for address in addresses:
-            host, port = parse_address(address, 6514)
+            host, port = parse_address(address, default_port)
             sock = bind_socket(
                 host, port, socket.SOCK_STREAM, reuse_port=reuse_port, freebind=listen.freebind
             )
             sock.listen(LISTEN_BACKLOG)
-            bound.append(BoundSocket("tls", host, sock.getsockname()[1], sock))
+            bound.append(BoundSocket(kind, host, sock.getsockname()[1], sock))
     except BaseException:
         close_all(bound)
         raise
@@ -161,5 +175,5 @@ def _resolved_addresses(listen: ListenConfig, bound: list[BoundSocket]) -> list[
     for index, address in enumerate(listen.addresses):
         host, _ = parse_address(address)
         port = bound[index * step].port
-        resolved.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        resolved.append(_address(host, port))
     return resolved

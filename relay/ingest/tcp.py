@@ -15,12 +15,15 @@ from typing import Any, cast
 from relay.ingest.addresses import peer_ip
 from relay.ingest.framing import Framer
 from relay.ingest.limits import Gate, SourceFilter, TokenBuckets
+from relay.ingest.relp import encode
 from relay.tls import describe
 
 logger = logging.getLogger(__name__)
 
 OnFrames = Callable[[list[bytes], str, float], None]
 SUMMARY_INTERVAL_S = 10.0  # idle closes, refusals and resets: at most one line per kind this often
+RELP_OPEN = b"1 open "  # how omrelp's every connection begins
+RELP_REFUSAL = encode(1, b"rsp", b"500 plain syslog port, not RELP: use listen.relp or omfwd")
 
 
 class TcpConnection(asyncio.Protocol):
@@ -35,6 +38,7 @@ class TcpConnection(asyncio.Protocol):
         self._held: list[bytes] = []  # frames waiting for the rate limit
         self._release_handle: asyncio.TimerHandle | None = None
         self._has_slot = False  # counted in the server's per-source connections
+        self._start: bytes | None = b""  # the first bytes, until they cannot be a RELP open
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -58,6 +62,15 @@ class TcpConnection(asyncio.Protocol):
         server = self._server
         server.last_data = self.last_data = now = time.monotonic()
         server.bytes += len(data)
+        if self._start is not None:
+            data = self._start + data
+            if len(data) < len(RELP_OPEN) and RELP_OPEN.startswith(data):
+                self._start = data  # maybe omrelp: wait for the rest of its `1 open `
+                return
+            self._start = None
+            if data.startswith(RELP_OPEN):
+                self._refuse_relp()
+                return
         frames = self._framer.feed(data)
         # a frame that takes too long to complete counts as idle (one byte a second would
         # otherwise hold the slot for ever): note when the frame now incomplete began
@@ -76,6 +89,29 @@ class TcpConnection(asyncio.Protocol):
                 # a forward spool is full (`on_full = "block"`): stop reading until it has room
                 self.transport.pause_reading()
                 gate.wait(self._resume_from_gate)
+
+    def _refuse_relp(self) -> None:
+        """A RELP client (omrelp) on a plain syslog port: its commands would be junk lines.
+        Answered with a RELP error, closed, logged once per source, counted."""
+        server = self._server
+        server.relp_refused += 1
+        if self.peer not in server.relp_warned:
+            if len(server.relp_warned) >= 10_000:
+                server.relp_warned.clear()
+            server.relp_warned.add(self.peer)
+            sockname = self.transport.get_extra_info("sockname") if self.transport else None
+            port = sockname[1] if sockname else "?"
+            logger.warning(
+                "%s speaks RELP (omrelp) to the plain syslog port %s: nothing is written; "
+                "point omrelp at a listen.relp address (usual port 2514), or send with omfwd",
+                self.peer, port,
+            )  # fmt: skip
+        self._send_refusal(RELP_REFUSAL)
+
+    def _send_refusal(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+            self.transport.close()
 
     def _resume_from_gate(self) -> None:
         if not self._held and self.transport is not None and not self.transport.is_closing():
@@ -121,8 +157,9 @@ class TcpConnection(asyncio.Protocol):
             self._server.resets += 1
             self._server.summary.note("reset", self.peer)
         # frames held by the rate limit were received: hand them on; and a partial LF frame at
-        # close is still a message, as in rsyslog
-        frames = self._held + self._framer.close()
+        # close is still a message, as in rsyslog (so are first bytes held as a maybe-RELP)
+        start = self._framer.feed(self._start) if self._start else []
+        frames = self._held + start + self._framer.close()
         self._held = []
         if frames:
             self._server.frames += len(frames)
@@ -199,6 +236,13 @@ class TlsConnection(TcpConnection):
                 break
             chunks.append(chunk)
         return b"".join(chunks)
+
+    def _send_refusal(self, data: bytes) -> None:
+        with contextlib.suppress(ssl.SSLError):
+            self._tls.write(data)
+        self._send_tls_records()
+        if self.transport is not None:
+            self.transport.close()
 
     def _answer_close_notify(self) -> None:
         """The client is done: send our close_notify and close (RFC 5246 7.2.1)."""
@@ -345,6 +389,8 @@ class TcpListener:
         self.frame_timeout_s = frame_timeout_s
         self.refused_connections = 0
         self.refused_per_source = 0
+        self.relp_refused = 0  # RELP clients on this plain port (item 3 of issue 15)
+        self.relp_warned: set[str] = set()  # sources told so in the log
         self.resets = 0
         self.summary = Summary()
         self.idle_closed = 0
@@ -411,6 +457,7 @@ class TcpListener:
             "tcp_idle_closed": self.idle_closed,
             "tcp_rate_paused": self.paused,
             "tls_handshake_failed": self.tls_failed,
+            "tcp_relp_refused": self.relp_refused,
         }
 
     def account(self, framer: Framer) -> None:

@@ -72,6 +72,8 @@ class FileSink:
         self._schedule = schedule
         self._shared = shared
         self._flush_pending = False
+        self._unsynced: set[str] | None = None  # written since `sync`, once sync is used
+        self._new_dirs: set[Path] = set()  # holding files created since `sync`
 
     # -- hot path -------------------------------------------------------------------------
     def append(self, name: str, line: bytes) -> None:
@@ -107,6 +109,26 @@ class FileSink:
         self._flush_pending = False
         for name in list(self._buffers):
             self._write(name)
+
+    def sync(self) -> None:
+        """fsync what was written since the last `sync` (files, and the directories of files
+        created): for acknowledgements that must outlive a host crash (RELP `fsynced`)."""
+        # the first call syncs every open file: what was written before is not tracked
+        names = set(self._fds) if self._unsynced is None else self._unsynced
+        self._unsynced = set()
+        for name in names:
+            fd = self._fds.get(name)
+            if fd is not None:
+                with contextlib.suppress(OSError):  # EIO here shows at the next write too
+                    os.fsync(fd)
+        dirs, self._new_dirs = self._new_dirs, set()
+        for directory in dirs:
+            with contextlib.suppress(OSError):
+                dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
 
     @property
     def buffered_bytes(self) -> int:
@@ -168,6 +190,8 @@ class FileSink:
             if self._shared:
                 _lock(fd, fcntl.LOCK_UN)
         count = lines if error is None else data.count(b"\n", 0, kept)
+        if self._unsynced is not None:
+            self._unsynced.add(name)
         self.lines_written += count
         self.bytes_written += kept
         if error is not None:
@@ -234,6 +258,8 @@ class FileSink:
     def _open(self, path: Path) -> int:
         try:
             fd = os.open(path, _OPEN_FLAGS | os.O_EXCL, self.file_mode)
+            if self._unsynced is not None:
+                self._new_dirs.add(path.parent)  # the new name must survive a crash too
         except FileExistsError:
             return os.open(path, _OPEN_FLAGS, self.file_mode)
         except FileNotFoundError:
@@ -255,6 +281,9 @@ class FileSink:
         fd = self._fds.pop(name, None)
         if fd is None:
             return
+        if self._unsynced is not None and name in self._unsynced:
+            self._unsynced.discard(name)
+            sync = True  # evicted before `sync` came to it
         try:
             if sync:
                 os.fsync(fd)

@@ -54,7 +54,7 @@ def _check_routes(config: Config) -> str | None:
 def _check_tls(config: Config) -> str | None:
     """Load every certificate, key and CA file now, as the listeners and targets will."""
     try:
-        if config.listen.tls.addresses:
+        if config.listen.tls.addresses or config.listen.relp.tls_addresses:
             server_context(config.listen.tls)
     except ValueError as exc:
         return f"listen.tls: {exc}"

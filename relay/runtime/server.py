@@ -12,12 +12,14 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from relay.config import Config
 from relay.forward.target import Target
 from relay.forward.targets import Forwarders, open_targets
 from relay.ingest.limits import Admission, SourceFilter, TokenBuckets
 from relay.ingest.listeners import LISTEN_BACKLOG, BoundSocket, bind_listeners, hand_over
+from relay.ingest.relp_listener import RelpListener, Safety
 from relay.ingest.tcp import TcpListener
 from relay.ingest.udp import UdpListener
 from relay.node.hostnames import DnsHostnames
@@ -123,7 +125,7 @@ class Server:
         self.sockets = sockets
         self.bound = [(s.kind, s.host, s.port) for s in sockets]
         self.udp: list[UdpListener] = []
-        self.tcp: list[tuple[TcpListener, BoundSocket]] = []
+        self.tcp: list[tuple[TcpListener, BoundSocket]] = []  # RELP listeners too
         self.health: HealthServer | None = None
         self.scrape: HealthServer | None = None  # metrics.scrape_listen
 
@@ -140,11 +142,11 @@ class Server:
     async def start_listeners(self) -> None:
         loop = asyncio.get_running_loop()
         listen = self.config.listen
-        tls = server_context(listen.tls) if any(b.kind == "tls" for b in self.sockets) else None
+        secure = any(b.kind in ("tls", "relp-tls") for b in self.sockets)
+        tls = server_context(listen.tls) if secure else None
         for bound in self.sockets:
-            if bound.kind in ("tcp", "tls"):
-                tcp = TcpListener(
-                    functools.partial(self.pipeline.handle_batch, lossless=True),
+            if bound.kind in ("tcp", "tls", "relp", "relp-tls"):
+                settings: dict[str, Any] = dict(
                     max_message_bytes=listen.max_message_bytes,
                     oversize=listen.oversize,
                     sources=self.sources,
@@ -154,9 +156,21 @@ class Server:
                     idle_timeout_s=listen.idle_timeout_s,
                     frame_timeout_s=listen.frame_timeout_s,
                     gate=self.forward.gate if self.forward is not None else None,
-                    tls=tls if bound.kind == "tls" else None,
+                    tls=tls if bound.kind in ("tls", "relp-tls") else None,
                     tls_handshake_timeout_s=listen.tls.handshake_timeout_s,
                 )
+                on_frames = functools.partial(self.pipeline.handle_batch, lossless=True)
+                tcp: TcpListener
+                if bound.kind.startswith("relp"):
+                    tcp = RelpListener(
+                        on_frames,
+                        commit=self.make_safe,
+                        ack=listen.relp.ack,
+                        window=listen.relp.window,
+                        **settings,
+                    )
+                else:
+                    tcp = TcpListener(on_frames, **settings)
                 if listen.extra_frame_delimiter >= 0:
                     tcp.extra_frame_delimiter = listen.extra_frame_delimiter
                 self._tasks.append(loop.create_task(tcp.close_idle_forever()))
@@ -178,6 +192,20 @@ class Server:
         self._tasks.append(loop.create_task(self._check_rotation_forever()))
         if self.forward is not None:
             self.forward.start()
+
+    def make_safe(self, fsync: bool) -> Safety:
+        """For RELP acknowledgements: write every line received so far to its file and to the
+        forward spools (`fsync`: and fsync them). "failed" when lines could not be written
+        (lost: the acks must not go out), "wait" while the spools are not ours yet."""
+        failed = self.sink.lines_failed
+        self.sink.flush()
+        if fsync:
+            self.sink.sync()
+        if self.sink.lines_failed != failed:
+            return "failed"
+        if self.forward is not None and not self.forward.make_safe(fsync):
+            return "wait"
+        return "safe"
 
     async def _check_rotation_forever(self) -> None:
         interval = self.config.output.reopen_check_interval_s
