@@ -15,7 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import WORKERS, ServerProcess, free_port
+from tests.integration.conftest import (
+    WORKERS,
+    ServerProcess,
+    free_port,
+    octet,
+    running_server,
+    send_tcp,
+    wait_for_lines,
+)
+from tests.integration.test_forward_tls import Pki
 from tests.rsyslogd import tcp_port_accepts
 
 pytestmark = [
@@ -133,3 +142,25 @@ def test_relp_between_two_relays_both_killed_loses_nothing(tmp_path: Path) -> No
     )
     assert missing == 0
     assert not b.process.file("127.0.0.1").exists()  # every message carried its origin
+
+
+@pytest.mark.timeout(60)
+async def test_relp_tls_between_two_relays_checks_the_certificate(tmp_path: Path) -> None:
+    """A -> B over `relp-tls`: B's RELP-over-TLS listener with the `[listen.tls]` certificate,
+    A checking it against the CA; every message arrives once (no failure, no resend)."""
+    pki = Pki(tmp_path / "pki")
+    collector = {
+        "listen.relp": {"tls_addresses": ["127.0.0.1:0"]},
+        "listen.tls": {"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)},
+        "origin.trust_origip": True,
+        "origin.trusted_sources": ["127.0.0.1"],
+    }
+    async with running_server(tmp_path / "b", collector) as b:
+        [port] = [p for kind, _, p in b.server.bound if kind == "relp-tls"]
+        forward = {"name": "up", "host": "127.0.0.1", "port": port, "protocol": "relp-tls",
+                   "tls": {"ca_file": str(pki.ca_file)}, "reconnect_initial_s": 0.1}  # fmt: skip
+        async with running_server(tmp_path / "a", {"forward": [forward]}) as a:
+            messages = [_message(n) for n in range(500)]
+            send_tcp(a.port, octet(messages), source=SENDER)
+            lines = await wait_for_lines(b.file(SENDER), 500)
+    assert sorted(int(SEQ.findall(line["msg"].encode())[0]) for line in lines) == list(range(500))
