@@ -52,6 +52,7 @@ class Session(asyncio.Protocol):
                 self.transport.close()
             elif command == "syslog":
                 self.peer.messages.append(bytes(frame.data))
+                self.peer.txnrs.append(frame.txnr)
                 self._syslog(frame.txnr)
 
     def _syslog(self, txnr: int) -> None:
@@ -83,6 +84,7 @@ class RelpPeer:
         self.context = context
         self.messages: list[bytes] = []
         self.commands: list[str] = []
+        self.txnrs: list[int] = []  # of the syslog commands
         self.sessions: list[Session] = []
         self.open_answer = OFFERS
         self.policy: Callable[[Session, int], str] = lambda session, n: "ok"

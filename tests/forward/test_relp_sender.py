@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trustme
@@ -208,6 +208,30 @@ async def test_a_refused_open_sends_nothing_and_is_retried(
         assert "refused the RELP session: 500 go away" in caplog.text
         # the same failure again is not logged at every retry
         assert caplog.text.count("refused the RELP session") < len(peer.sessions) - 1
+
+
+async def test_transaction_numbers_wrap_from_999999999_to_1(tmp_path: Path) -> None:
+    async with _peer() as peer, _target(tmp_path, peer.port) as target:
+        await _until(lambda: target._opened, "the open answered")
+        target._txnr = 999_999_997  # as after a billion messages on one session
+        _offer(target, _messages(5))
+        await _until(lambda: target.spool.pending_records == 0, "delivery across the wrap")
+        assert peer.txnrs == [999_999_998, 999_999_999, 1, 2, 3]
+        assert target.acked == 5
+
+
+async def test_the_spool_of_a_worker_that_is_gone_is_sent_first_and_removed(
+    tmp_path: Path,
+) -> None:
+    config = Forward(name="up", host="127.0.0.1", port=9, protocol="relp", format="raw")
+    gone = open_target(config, str(tmp_path / "state"), 1, 2)  # worker 1 of 2
+    _offer(cast(RelpTarget, gone), _messages(70))
+    gone.close()
+    async with _peer() as peer, _target(tmp_path, peer.port) as target:  # now 1 worker
+        _offer(target, _messages(10, first=70))
+        await _until(lambda: len(peer.messages) == 80, "both spools sent")
+        await _until(lambda: not (tmp_path / "state/spool/up/w1").exists(), "w1 removed")
+        assert peer.messages == _messages(80)
 
 
 async def test_stop_ends_the_session_with_close(tmp_path: Path) -> None:
