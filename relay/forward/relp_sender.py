@@ -217,6 +217,10 @@ class RelpTarget(Target):
             return
         entry, _ = item
         code, text, _ = _answer(frame)
+        if code == 0:
+            self.protocol_errors += 1
+            link.fail(f"answer to transaction {frame.txnr} is {text}")
+            return
         if code != 200:
             self.rsp_errors += 1
             link.fail(f"the upstream refused a message: {code} {text}")
@@ -352,5 +356,5 @@ def _answer(frame: relp.RelpFrame) -> tuple[int, str, dict[str, list[str]]]:
     try:
         code, text, rest = relp.parse_rsp(frame.data)
     except relp.RelpError as exc:
-        return 0, f"unreadable answer ({exc})", {}
+        return 0, f"unreadable ({exc.reason})", {}
     return code, text, relp.parse_offers(rest)

@@ -73,11 +73,13 @@ class Session(asyncio.Protocol):
             self.transport.write(b"1 rsp x\n")
         elif action == "unknown-txnr":
             self.answer(txnr + 1000)
+        elif action == "bad-answer":
+            self.answer(txnr, b"OK")  # no status code
 
 
 class RelpPeer:
     """`policy(session, messages received so far) -> "ok" | "hold" | "error" | "serverclose"
-    | "drop" | "junk" | "unknown-txnr"`; every syslog message received (all sessions) in
+    | "drop" | "junk" | "unknown-txnr" | "bad-answer"`; every syslog message received (all sessions) in
     `messages`."""
 
     def __init__(self, *, context: ssl.SSLContext | None = None) -> None:

@@ -167,7 +167,7 @@ async def test_a_session_ended_by_the_upstream_resends_what_was_not_answered(
             assert "the upstream closed the session (serverclose)" in caplog.text
 
 
-@pytest.mark.parametrize("action", ["junk", "unknown-txnr"])
+@pytest.mark.parametrize("action", ["junk", "unknown-txnr", "bad-answer"])
 async def test_an_answer_breaking_the_protocol_drops_the_session(
     tmp_path: Path, action: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -179,8 +179,12 @@ async def test_an_answer_breaking_the_protocol_drops_the_session(
         assert target.protocol_errors == 1
         assert len(peer.sessions) == 2
         assert set(peer.messages) == set(_messages(100))
-        expected = "RELP protocol error" if action == "junk" else "which is not outstanding"
-        assert expected in caplog.text
+        expected = {
+            "junk": "RELP protocol error from the upstream",
+            "unknown-txnr": "which is not outstanding",
+            "bad-answer": "answer to transaction 31 is unreadable (expecting a 3-digit status",
+        }
+        assert expected[action] in caplog.text
 
 
 async def test_no_answer_within_the_timeout_drops_the_session(tmp_path: Path) -> None:
