@@ -161,13 +161,17 @@ def test_relp_to_rsyslogd_killed_twice_loses_nothing(
             collector.start()
         feeding.join()
         _wait(lambda: len(set(collector.seqs())) >= TOTAL, 150, "every number at the collector")
+        # the answers reach the relay after the lines are written (and, with workers, the
+        # supervisor's sum is as of their last report)
+        acked_key = 'plura_relay_forward_relp_acked_total{target="collector"}'
+        _wait(lambda: relay.metrics()[acked_key] >= TOTAL, 10, "the relay to count the answers")
         metrics = relay.metrics()
     finally:
         relay.stop(signal.SIGTERM)
         collector.stop()
     missing = report(f"relp -> rsyslogd (workers {relay_workers})", collector.seqs())
     assert missing == 0
-    acked = metrics['plura_relay_forward_relp_acked_total{target="collector"}']
+    acked = metrics[acked_key]
     resent = metrics['plura_relay_forward_relp_resent_total{target="collector"}']
     lost = metrics['plura_relay_forward_disconnects_total{target="collector"}']
     print(f"relay: acked {acked:.0f}, resent {resent:.0f}, sessions lost {lost:.0f}")
