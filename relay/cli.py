@@ -253,19 +253,30 @@ def spool_stats(config: str | None, state_dir: str | None, as_json: bool) -> Non
     help="Or: the pod's environment variable holding the node's address (status.hostIP), "
     'for plura-relay listening on "${HOST_IP}:514".',
 )
-@click.option("--port", type=click.IntRange(1, 65535), default=514, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), help="Default 514 (UDP, TCP), 2514 (RELP).")
 @click.option("--tcp", is_flag=True, help="TCP with octet counting and a disk queue (default UDP).")
-def rsyslog_conf(node_ip: str | None, node_ip_env: str | None, port: int, tcp: bool) -> None:
+@click.option(
+    "--relp",
+    is_flag=True,
+    help="RELP (omrelp, every message acknowledged once written) with a disk queue; for "
+    "plura-relay's listen.relp.",
+)
+def rsyslog_conf(
+    node_ip: str | None, node_ip_env: str | None, port: int | None, tcp: bool, relp: bool
+) -> None:
     """Print the rsyslog.d snippet a pod needs to send its syslog to this node."""
     from relay.node.podconf import pod_snippet, pod_snippet_from_env
 
     if (node_ip is None) == (node_ip_env is None):
         raise click.UsageError("give one of --node-ip and --node-ip-env")
+    if tcp and relp:
+        raise click.UsageError("give one of --tcp and --relp")
     try:
         if node_ip_env is not None:
-            click.echo(pod_snippet_from_env(node_ip_env, tcp=tcp, port=port), nl=False)
+            text = pod_snippet_from_env(node_ip_env, tcp=tcp, port=port, relp=relp)
+            click.echo(text, nl=False)
             return
-        click.echo(pod_snippet(str(node_ip), tcp=tcp, port=port), nl=False)
+        click.echo(pod_snippet(str(node_ip), tcp=tcp, port=port, relp=relp), nl=False)
     except ValueError as exc:
         hint = "--node-ip-env" if node_ip_env is not None else "--node-ip"
         raise click.BadParameter(str(exc), param_hint=hint) from exc

@@ -606,7 +606,7 @@ BOUNDS: dict[str, Bound] = {
     "listen.max_connections": Bound(1, 1_000_000, _FDS),
     "listen.idle_timeout_s": Bound(0.2, 30 * _DAY_S, "below, senders pausing between messages are "
                                    "cut off (and the check runs a quarter of it)", off=True),
-    "listen.relp.window": Bound(1, 65536, "acks a session may wait for; librelp's default "
+    "listen.relp.window": Bound(1, 100_000, "acks a session may wait for; librelp's default "
                                 "window is 128"),
     "listen.tls.handshake_timeout_s": Bound(0.1, 300, "a handshake takes a few round trips"),
     "output.flush_interval_s": Bound(0.001, 10, f"{_SPIN}; above, lines wait in memory that long "

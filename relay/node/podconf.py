@@ -1,8 +1,9 @@
 """The pod side: rsyslog snippets that send a pod's syslog to plura-relay on its node.
 
-The canonical text of `rsyslog.d/pod-udp.conf` and `rsyslog.d/pod-tcp.conf` lives here (the
-repository's `rsyslog.d/` is outside the package); a test checks that those files are exactly
-`pod_snippet(NODE_IP_PLACEHOLDER)` and `pod_snippet(NODE_IP_PLACEHOLDER, tcp=True)`.
+The canonical text of `rsyslog.d/pod-udp.conf`, `pod-tcp.conf` and `pod-relp.conf` lives here
+(the repository's `rsyslog.d/` is outside the package); a test checks that those files are
+exactly `pod_snippet(NODE_IP_PLACEHOLDER)`, `pod_snippet(NODE_IP_PLACEHOLDER, tcp=True)` and
+`pod_snippet(NODE_IP_PLACEHOLDER, relp=True)`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 NODE_IP_PLACEHOLDER = "NODE_IP"
 """What the files in rsyslog.d/ have where the node's address goes."""
 DEFAULT_PORT = 514
+RELP_PORT = 2514  # plura-relay's listen.relp, as imrelp's usual port
 
 _HEADER = """\
 # PLURA: send this pod's syslog to plura-relay on its node, {how}.
@@ -50,6 +52,31 @@ POD_TCP_TEMPLATE = (
     action.resumeRetryCount="-1"
 )
 """
+)
+"""`str.format` fields: `target` (a bare address, IPv6 without brackets) and `port`."""
+
+_RELP_NOTE = """\
+# RELP: plura-relay acknowledges each message only once it is written to its file (and to its
+# forward spools); until then omrelp keeps it and sends it again after a reconnect, so a restart
+# or a SIGKILL of plura-relay loses nothing (a few messages may arrive twice). Needs rsyslog's
+# omrelp (Debian: rsyslog-relp). While plura-relay is unreachable, messages wait in a
+# disk-assisted queue: queue.filename is relative to rsyslog's workDirectory (Debian's
+# rsyslog.conf sets /var/spool/rsyslog), at most queue.maxDiskSpace on disk, saved at shutdown;
+# resumeRetryCount -1 retries forever instead of discarding.
+module(load="omrelp")
+"""
+_RELP_SETTINGS = (
+    '\n    queue.type="LinkedList" queue.filename="plura-relay-relp"'
+    '\n    queue.maxDiskSpace="100m" queue.saveOnShutdown="on"'
+    '\n    action.resumeRetryCount="-1"'
+)
+
+POD_RELP_TEMPLATE = (
+    _HEADER.format(how="over RELP (every message acknowledged)")
+    + _RELP_NOTE
+    + '*.info action(\n    type="omrelp" target="{target}" port="{port}"'
+    + _RELP_SETTINGS
+    + "\n)\n"
 )
 """`str.format` fields: `target` (a bare address, IPv6 without brackets) and `port`."""
 
@@ -100,28 +127,51 @@ def _check_node(node_ip: str) -> bool:
     raise ValueError(f"expecting an IP address or host name for the node, got {node_ip!r}")
 
 
-def pod_snippet(node_ip: str, *, tcp: bool = False, port: int = DEFAULT_PORT) -> str:
-    """The pod's rsyslog drop-in that forwards `*.info` to `node_ip`:`port` (UDP, or `tcp`).
+def pod_snippet(
+    node_ip: str, *, tcp: bool = False, port: int | None = None, relp: bool = False
+) -> str:
+    """The pod's rsyslog drop-in that forwards `*.info` to `node_ip`:`port` (UDP, or `tcp`,
+    or `relp`; the port defaults to 514, for RELP to 2514).
 
     `node_ip` is an IPv4/IPv6 address, a host name, or `NODE_IP_PLACEHOLDER` (which renders the
     files in rsyslog.d/). Raises ValueError for anything else or a port outside 1..65535.
     """
     is_v6 = _check_node(node_ip)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"expecting a port in 1..65535, got {port}")
+    port = _port(port, relp)
+    if relp:
+        return POD_RELP_TEMPLATE.format(target=node_ip, port=port)
     if tcp:
         return POD_TCP_TEMPLATE.format(target=node_ip, port=port)
     target = f"[{node_ip}]" if is_v6 else node_ip
     return POD_UDP_TEMPLATE.format(target=target, port=port)
 
 
-def pod_snippet_from_env(env: str, *, tcp: bool = False, port: int = DEFAULT_PORT) -> str:
+def _port(port: int | None, relp: bool) -> int:
+    if port is None:
+        return RELP_PORT if relp else DEFAULT_PORT
+    if not 1 <= port <= 65535:
+        raise ValueError(f"expecting a port in 1..65535, got {port}")
+    return port
+
+
+def pod_snippet_from_env(
+    env: str, *, tcp: bool = False, port: int | None = None, relp: bool = False
+) -> str:
     """The drop-in for a node address the pod gets from the downward API in variable `env`
     (plura-relay's `listen.addresses = ["${HOST_IP}:514"]` mode, for any CNI)."""
     if not _ENV_NAME.fullmatch(env):
         raise ValueError(f"expecting an environment variable name, got {env!r}")
-    if not 1 <= port <= 65535:
-        raise ValueError(f"expecting a port in 1..65535, got {port}")
+    port = _port(port, relp)
+    if relp:
+        how = "over RELP (every message acknowledged)"
+        text = POD_ENV_TEMPLATE.format(
+            how=how, env=env, port=port, protocol="relp", tcp_settings=_RELP_SETTINGS
+        )
+        return (
+            text.replace('type="omfwd"', 'type="omrelp"')
+            .replace(' protocol="relp"', "")
+            .replace("# rsyslog reads the variable", _RELP_NOTE + "# rsyslog reads the variable")
+        )
     how = "over TCP (RFC 6587 octet-counted frames)" if tcp else "over UDP"
     return POD_ENV_TEMPLATE.format(
         how=how, env=env, port=port, protocol="tcp" if tcp else "udp",

@@ -237,3 +237,37 @@ async def test_stop_sends_serverclose_after_the_acks(tmp_path: Path) -> None:
         assert [f.txnr for f in await asyncio.to_thread(client.read, 2)] == [1, 2]
     assert await asyncio.to_thread(client.read_to_end) == [SERVERCLOSE]
     client.close()
+
+
+@pytest.mark.timeout(60)
+async def test_fsynced_acks(tmp_path: Path) -> None:
+    async with running_server(tmp_path, {**RELP, "listen.relp.ack": "fsynced"}) as srv:
+
+        def session() -> list[RelpFrame]:
+            client = Client(relp_port(srv))
+            client.send(OPEN + b"".join(encode(n, b"syslog", message(n)) for n in range(2, 52)))
+            answers = client.read(51)
+            client.close()
+            return answers
+
+        answers = await asyncio.to_thread(session)
+        assert [a.txnr for a in answers] == list(range(1, 52))
+        assert len(read_lines(srv.file("127.0.0.1"))) == 50
+
+
+@pytest.mark.timeout(60)
+async def test_lines_that_cannot_be_written_are_not_acknowledged(tmp_path: Path) -> None:
+    async with running_server(tmp_path, RELP) as srv:
+        srv.file("127.0.0.1").mkdir(parents=True)  # a directory where the file goes: EISDIR
+
+        def session() -> list[RelpFrame]:
+            client = Client(relp_port(srv))
+            client.send(OPEN + encode(2, b"syslog", message(2)) + encode(3, b"syslog", message(3)))
+            answers = client.read_to_end()
+            client.close()
+            return answers
+
+        answers = await asyncio.to_thread(session)
+        assert answers[0].txnr == 1 and parse_rsp(answers[0].data)[0] == 200
+        assert answers[1:] == [SERVERCLOSE]  # no ack for 2 and 3: the sender resends them
+        await metric_until(srv, "plura_relay_relp_sessions_closed_unacknowledged_total", 1)
