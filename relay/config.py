@@ -228,9 +228,13 @@ class Forward(Base, frozen=True, forbid_unknown_fields=True):
     host: str
     """Address or DNS name of the upstream."""
     port: Port = 514
-    protocol: Literal["udp", "tcp", "tls"] = "tcp"
+    protocol: Literal["udp", "tcp", "tls", "relp", "relp-tls"] = "tcp"
+    """`relp`, `relp-tls`: RELP (rsyslog's imrelp, plura-relay's RELP listener): a record is
+    committed when the upstream has acknowledged every message of it, not by `confirm_after_s`;
+    `relp-tls` checks certificates with the `tls` keys as `tls` does."""
     framing: Literal["octet-counting", "lf"] = "octet-counting"
-    """TCP/TLS framing (RFC 6587): `LEN SP MSG`, or MSG LF as most senders use."""
+    """TCP/TLS framing (RFC 6587): `LEN SP MSG`, or MSG LF as most senders use (not RELP's:
+    RELP frames every message itself)."""
     format: Literal["rfc3164-origip", "rfc5424", "raw"] = "rfc3164-origip"
     """`rfc3164-origip`: PLURA's `<PRI>TIMESTAMP HOSTNAME TAG [origip=<sender>] MSG`;
     `rfc5424`: RFC 5424 with the sender in `[origin ip="..."]`; `raw`: the bytes received."""
@@ -251,6 +255,12 @@ class Forward(Base, frozen=True, forbid_unknown_fields=True):
     """A message counts as delivered once the upstream's kernel acknowledged it and the
     connection stayed up this long; a connection lost before that sends it again."""
     connect_timeout_s: PositiveFloat = 10.0
+    """For RELP also the time the upstream has to answer the `open`."""
+    relp_window: int = 128
+    """RELP: messages sent and not yet acknowledged at most (librelp's default window)."""
+    relp_ack_timeout_s: PositiveFloat = 90.0
+    """RELP: a message not acknowledged this long after it was sent drops the connection
+    (reconnect, resend): omrelp's `timeout` default."""
     reconnect_initial_s: PositiveFloat = 0.5
     reconnect_max_s: PositiveFloat = 30.0
     stats_log_interval_s: NonNegativeFloat = 60.0
@@ -626,6 +636,10 @@ BOUNDS: dict[str, Bound] = {
     "forward[].fsync_interval_s": Bound(0.01, 60, _SPIN),
     "forward[].confirm_after_s": Bound(0, 60, "the spool holds this much traffic on disk"),
     "forward[].connect_timeout_s": Bound(0.1, 300, "a connection takes a few round trips"),
+    "forward[].relp_window": Bound(1, 100_000, "messages in flight; each may be sent again "
+                                   "after a reconnect, and is held in memory meanwhile"),
+    "forward[].relp_ack_timeout_s": Bound(0.1, 3600, "an answer takes a round trip; above, a "
+                                          "stuck upstream holds every message that long"),
     "forward[].reconnect_initial_s": Bound(0.01, 3600, _SPIN),
     "forward[].reconnect_max_s": Bound(0.01, _DAY_S, "an upstream back is found within this"),
     "forward[].stats_log_interval_s": Bound(1, _DAY_S, "a log line per target each time",

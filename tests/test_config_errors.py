@@ -69,6 +69,15 @@ CASES = [
      "listen.idle_timeout_s"),
     ("forward-fsync-1e-9", '[[forward]]\nname = "up"\nhost = "127.0.0.1"\n'
      "fsync_interval_s = 1e-9\n", "forward[0].fsync_interval_s"),
+    ("forward-relp-window-0", '[[forward]]\nname = "up"\nhost = "127.0.0.1"\n'
+     'protocol = "relp"\nrelp_window = 0\n', "forward[0].relp_window"),
+    ("forward-relp-ack-timeout-1e-9", '[[forward]]\nname = "up"\nhost = "127.0.0.1"\n'
+     'protocol = "relp"\nrelp_ack_timeout_s = 1e-9\n', "forward[0].relp_ack_timeout_s"),
+    ("forward-relp-tls-ca-missing", '[[forward]]\nname = "up"\nhost = "127.0.0.1"\n'
+     'protocol = "relp-tls"\n[forward.tls]\nca_file = "{tmp}/missing-ca.pem"\n',
+     "forward[0].tls"),
+    ("forward-protocol-relpx", '[[forward]]\nname = "up"\nhost = "127.0.0.1"\n'
+     'protocol = "relpx"\n', "forward[0].protocol"),
     ("backoff-initial-above-max", "[children]\nhook_backoff_initial_s = 60.0\n"
      "hook_backoff_max_s = 10.0\n", "children.hook_backoff_initial_s"),
     ("no-listen-address", "[listen]\naddresses = []\n", "listen.addresses"),

@@ -123,8 +123,11 @@ class Target:
         matcher = Matcher(config.match)
         # None: everything (no lookup per message)
         self.wants = None if matcher.everything else Decisions(matcher.matches).get
-        self._framing = frame_lf if config.framing == "lf" else frame_octet_counted
-        self._tls = client_context(config.tls) if config.protocol == "tls" else None
+        # RELP frames every message itself: its records are octet-counted, split when sent
+        lf = config.framing == "lf" and not config.protocol.startswith("relp")
+        self._framing = frame_lf if lf else frame_octet_counted
+        tls = config.protocol in ("tls", "relp-tls")
+        self._tls = client_context(config.tls) if tls else None
         self._ready = asyncio.Event()
         own.on_data = self._ready.set
         self._inflight: deque[list[Any]] = deque()  # [bytes total, spool, position, acked at]
@@ -219,11 +222,14 @@ class Target:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.config.reconnect_max_s)
 
+    upstream_class: type[_Upstream] = _Upstream
+    """The connection's protocol (RelpTarget's answers RELP)."""
+
     async def _connect(self) -> _Upstream:
         loop, config = asyncio.get_running_loop(), self.config
         async with asyncio.timeout(config.connect_timeout_s):
             _, upstream = await loop.create_connection(
-                _Upstream,
+                self.upstream_class,
                 config.host,
                 config.port,
                 ssl=self._tls,

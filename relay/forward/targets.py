@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from relay.config import Forward
+from relay.forward.relp_sender import RelpTarget
 from relay.forward.spool import Spool, SpoolUnusable
 from relay.forward.target import SETTLE_MAX_S, Target
 from relay.ingest.limits import Gate
@@ -55,7 +56,8 @@ def open_target(config: Forward, state_dir: str, worker: int, workers: int) -> T
                 orphans.append((spool_at(directory), directory))
             except SpoolUnusable as exc:
                 logger.error("forward %s: %s: not sent", config.name, exc)
-    return Target(config, own, orphans)
+    kind = RelpTarget if config.protocol in ("relp", "relp-tls") else Target
+    return kind(config, own, orphans)
 
 
 def open_targets(
@@ -192,12 +194,19 @@ class Forwarders:
         stats = target.stats(time.time())
         counters = {k: v for k, v in stats.items() if k not in ("spool_oldest_age_s",)}
         if counters != before:
+            relp = ""
+            if "relp_acked" in stats:  # what only a RELP upstream tells
+                relp = (
+                    f", acknowledged {stats['relp_acked']:.0f}, resent "
+                    f"{stats['relp_resent']:.0f}, refused {stats['relp_refused']:.0f}"
+                )
             logger.info(
-                "forward %s: sent %d, spooled %d, pending %d (%d bytes, oldest %.0fs), "
+                "forward %s: sent %d%s, spooled %d, pending %d (%d bytes, oldest %.0fs), "
                 "dropped %d full / %d oldest, %s",
-                target.config.name, stats["sent"], stats["spooled"], stats["spool_records"],
-                stats["spool_bytes"], stats["spool_oldest_age_s"], stats["dropped_full"],
-                stats["dropped_oldest"], "connected" if target.connected else "not connected",
+                target.config.name, stats["sent"], relp, stats["spooled"],
+                stats["spool_records"], stats["spool_bytes"], stats["spool_oldest_age_s"],
+                stats["dropped_full"], stats["dropped_oldest"],
+                "connected" if target.connected else "not connected",
             )  # fmt: skip
         return counters
 

@@ -114,6 +114,13 @@ _FORWARD_COUNTERS: dict[str, tuple[str, str]] = {
     "connect_failures": ("forward_connect_failures", "Failed connection or TLS attempts"),
     "disconnects": ("forward_disconnects", "Upstream connections lost"),
     "truncated": ("forward_truncated", "Messages cut to fit a UDP datagram"),
+    "relp_acked": ("forward_relp_acked", "RELP: messages the upstream answered 200"),
+    "relp_resent": ("forward_relp_resent", "RELP: messages sent again after a session ended"),
+    "relp_refused": ("forward_relp_refused", "RELP: messages the upstream answered with an error"),
+    "relp_protocol_errors": (
+        "forward_relp_protocol_errors",
+        "RELP: answers that break the protocol (unknown transaction, unexpected command)",
+    ),
 }
 _FORWARD_GAUGES: dict[str, tuple[str, str]] = {
     "spool_records": ("forward_spool_records", "Messages spooled, not yet confirmed delivered"),

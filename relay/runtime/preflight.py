@@ -59,7 +59,7 @@ def _check_tls(config: Config) -> str | None:
     except ValueError as exc:
         return f"listen.tls: {exc}"
     for index, forward in enumerate(config.forward):
-        if forward.protocol == "tls":
+        if forward.protocol in ("tls", "relp-tls"):
             try:
                 client_context(forward.tls)
             except ValueError as exc:
