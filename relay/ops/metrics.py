@@ -39,6 +39,11 @@ _COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "general_parse": ("parse_fallbacks", "Messages that took the general parser", {}),
     "evictions": ("file_evictions", "Output files closed to stay within max_open_files", {}),
     "rotations": ("file_reopens", "Output files reopened after a rotation was noticed", {}),
+    "torn_tails": (
+        "file_torn_tails_cut",
+        "Half-written last lines (a writer killed inside write) cut off when a file was reopened",
+        {},
+    ),
     "tcp_accepted": ("tcp_connections_accepted", "TCP connections accepted", {}),
     "tcp_framing_errors": ("tcp_framing_errors", "Octet-count framing errors (as imtcp)", {}),
     "write_failed": ("dropped", "Messages dropped", {"reason": "write_error"}),

@@ -31,8 +31,10 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 FLUSH_THRESHOLD_BYTES = 256 * 1024  # a busy file is written before the timer fires
+TORN_TAIL_SCAN_BYTES = 1024 * 1024  # longer than any line (8096 bytes escaped, with its fields)
 Schedule = Callable[[float, Callable[[], None]], object]
-_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+# O_RDWR, not O_WRONLY: a reopened file's last bytes are read (see _heal_torn_tail)
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
 class FileSink:
@@ -67,6 +69,7 @@ class FileSink:
         self.lines_failed = 0
         self.evictions = 0
         self.rotations = 0
+        self.torn_tails = 0  # half-written last lines cut off when a file was reopened
         self._last_error_log = 0.0
         self._flush_after_s = flush_after_s
         self._schedule = schedule
@@ -261,12 +264,46 @@ class FileSink:
             if self._unsynced is not None:
                 self._new_dirs.add(path.parent)  # the new name must survive a crash too
         except FileExistsError:
-            return os.open(path, _OPEN_FLAGS, self.file_mode)
+            fd = os.open(path, _OPEN_FLAGS, self.file_mode)
+            self._heal_torn_tail(path, fd)
+            return fd
         except FileNotFoundError:
             self._make_dirs(path.parent)
             return self._open(path)
         os.fchmod(fd, self.file_mode)  # the umask must not narrow or widen the mode
         return fd
+
+    def _heal_torn_tail(self, path: Path, fd: int) -> None:
+        """A writer killed inside write(2) (SIGKILL, the OOM killer: the kernel stops a long
+        write between pages) leaves a line without its end, and the next line appended would be
+        welded onto it: cut the file back to its last LF before writing. What was cut was never
+        a whole line, so no message that was written is lost by it."""
+        try:
+            if self._shared:
+                _lock(fd, fcntl.LOCK_EX)  # a live worker's write is whole or not begun
+            try:
+                size = os.fstat(fd).st_size
+                if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+                    return
+                start = max(0, size - TORN_TAIL_SCAN_BYTES)
+                last = os.pread(fd, size - start, start).rfind(b"\n")
+                if last < 0 and start > 0:
+                    logger.warning("%s: ends without LF and holds no LF in its last %d bytes: "
+                                   "left as it is", path, TORN_TAIL_SCAN_BYTES)  # fmt: skip
+                    return
+                keep = start + last + 1
+                os.ftruncate(fd, keep)
+            finally:
+                if self._shared:
+                    _lock(fd, fcntl.LOCK_UN)
+        except OSError as exc:
+            logger.warning("%s: cannot check its last line (%s)", path, exc)
+            return
+        self.torn_tails += 1
+        logger.warning(
+            "%s: cut %d bytes of a line left half written (a writer killed while writing it)",
+            path, size - keep,
+        )  # fmt: skip
 
     def _make_dirs(self, directory: Path) -> None:
         missing = []

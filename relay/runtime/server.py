@@ -224,6 +224,7 @@ class Server:
             "open_files": sink.open_files,
             "evictions": sink.evictions,
             "rotations": sink.rotations,
+            "torn_tails": sink.torn_tails,
             "buffered_bytes": sink.buffered_bytes,
             "overflow": pipeline.overflow,
             "origin_stamped": pipeline.origin_stamped,

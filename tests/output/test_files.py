@@ -91,3 +91,26 @@ def test_a_line_another_writer_appended_after_a_short_write_is_never_cut(
     monkeypatch.undo()
     assert (disk / NAME).read_bytes().endswith(b"x\n")  # not cut
     assert sink.lines_written + sink.lines_failed == 40
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (b"", b""),  # nothing to heal
+        (b"whole 1\n", b"whole 1\n"),
+        (b"whole 1\nhalf of 2", b"whole 1\n"),  # a writer killed inside write(2)
+        (b"half of 1", b""),
+        (b"whole 1\n" + b"x" * 70_000, b"whole 1\n"),  # a long torn tail
+    ],
+)
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_half_written_last_line_is_cut_before_the_next_one(
+    tmp_path: Path, before: bytes, after: bytes, shared: bool
+) -> None:
+    """The next line starts on a line of its own, whole, after what was whole before."""
+    (tmp_path / "ceelog-10.0.0.1.log").write_bytes(before)
+    sink = FileSink(tmp_path, shared=shared)
+    sink.append("ceelog-10.0.0.1.log", b"new\n")
+    sink.close()
+    assert (tmp_path / "ceelog-10.0.0.1.log").read_bytes() == after + b"new\n"
+    assert sink.torn_tails == (after != before)
