@@ -138,14 +138,20 @@ class Pipeline:
             # a TCP read of 256 KiB holds ~1,200 frames: rendered whole, its copies (joined,
             # escaped, split, lines) outgrow the CPU cache; in parts of 128 the same work costs
             # 1.3 instead of 1.8 us per message (same output: lines keep their order)
+            # (the registry still hears of the batch once, with the last frame's hostname)
+            last = (len(frames) - 1) // BATCH_FRAMES * BATCH_FRAMES  # where the last part starts
             for start in range(0, len(frames), BATCH_FRAMES):
-                self._handle_part(frames[start : start + BATCH_FRAMES], peer, received_at, lossless)
+                part = frames[start : start + BATCH_FRAMES]
+                observed = len(frames) if start == last else 0
+                self._handle_part(part, peer, received_at, lossless, observed)
         else:
-            self._handle_part(frames, peer, received_at, lossless)
+            self._handle_part(frames, peer, received_at, lossless, len(frames))
 
     def _handle_part(
-        self, frames: list[bytes], peer: str, received_at: float, lossless: bool
+        self, frames: list[bytes], peer: str, received_at: float, lossless: bool, observed: int
     ) -> None:
+        """handle_batch for at most BATCH_FRAMES frames; `observed`: how many frames to tell the
+        registry of (the whole batch's count on its last part, 0 on the others)."""
         forward = self._forward
         # what the forward targets are offered, in order (None: no forwarding)
         offered: list[Offered] | None = [] if forward is not None else None
@@ -203,8 +209,8 @@ class Pipeline:
         self.received += len(frames)
         if name is OVERFLOW_NAME:
             self.overflow += len(frames)
-        elif self._observer is not None and frames:
-            self._observer.observe(peer, hostname, received_at, len(frames))
+        elif self._observer is not None and observed:
+            self._observer.observe(peer, hostname, received_at, observed)
 
     def route_dropped(self) -> dict[str, int]:
         """Per route name: messages its `action = "drop"` took (drop routes only)."""

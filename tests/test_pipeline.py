@@ -132,5 +132,5 @@ def test_a_batch_longer_than_a_part_is_rendered_in_parts_alike(
         for frame in raw
     ]
     assert sink.files == {ceelog_name("127.0.0.9"): expected}
-    assert sum(count for *_, count in sources.seen) == len(raw)
-    assert len(sources.seen) == -(-len(raw) // part)
+    last = parse(raw[-1], received_at=0.0, peer="127.0.0.9")
+    assert sources.seen == [("127.0.0.9", last.hostname, 1_700_000_000.25, len(raw))]
