@@ -63,14 +63,8 @@ def _lines(heads: list[bytes], bodies: list[bytes], timegenerated: bytes) -> byt
     count = len(heads)
     if count == 1:  # a TCP read or a quiet sender's datagram: the plain join is cheaper
         return b"".join((LINE_START, timegenerated, heads[0], escape(bodies[0]), LINE_END))
-    joined = escaped = b"\n".join(bodies)
-    # one pass per byte that occurs (nginx lines have `/` and `"`, rarely a backslash)
-    if b"\\" in escaped:
-        escaped = escaped.replace(b"\\", b"\\\\")
-    if b'"' in escaped:
-        escaped = escaped.replace(b'"', b'\\"')
-    if b"/" in escaped:
-        escaped = escaped.replace(b"/", b"\\/")
+    joined = b"\n".join(bodies)
+    escaped = escape(joined)  # one pass per escaped byte that occurs, for the whole batch
     if escaped is not joined:
         bodies = escaped.split(b"\n")
     parts: list[bytes] = [b""] * (3 * count + 1)
