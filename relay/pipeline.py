@@ -16,16 +16,35 @@ from relay.forward.origin import origin_from_sd, split_origin
 from relay.ingest.limits import Admission, SourceFilter
 from relay.message import Offered, SyslogMessage
 from relay.output.routes import NO_ROUTE, Outcome, PodNames, Router, render_for_route
-from relay.output.template import LINE_END, LINE_START, CeeTemplate, escape
+from relay.output.template import (
+    HEADER_CACHE_ENTRIES,
+    LINE_END,
+    LINE_START,
+    CeeTemplate,
+    escape,
+)
 from relay.parse import MAX_MESSAGE_BYTES, parse
-from relay.parse.fast import CONTROL_BYTES, PRI_VALUES, RFC3164_HEADER
+from relay.parse.fast import (
+    CONTROL_BYTES,
+    PRI_FIELD,
+    PRI_VALUES,
+    RFC3164_HOSTNAME,
+    RFC3164_TAG,
+    RFC3164_TIMESTAMP,
+)
 from relay.parse.rfc3164 import TAG_MAX_BYTES
 
 if TYPE_CHECKING:
     from relay.forward.targets import Forwarders
 
-# the fast header with the body as one more group: groups() hands out everything at once
-_match_3164 = re.compile(RFC3164_HEADER.pattern + rb"(.*)", re.DOTALL).match
+# The fast header (relay.parse.fast) with two more groups: `hostname tag` (2), which with the
+# PRI (1) is the key of the pipeline's header cache, and the body (6); hostname (3), tag (4) and
+# programname (5) are only read on a cache miss, a route or forwarding (taking fewer groups per
+# frame, and hashing two of them instead of four, costs 100 ns less per frame, measured).
+_match_3164 = re.compile(
+    PRI_FIELD + RFC3164_TIMESTAMP + rb" ((" + RFC3164_HOSTNAME + rb") " + RFC3164_TAG + rb")(.*)",
+    re.DOTALL,
+).match
 
 
 class LineSink(Protocol):
@@ -107,6 +126,9 @@ class Pipeline:
         self._max = max_message_bytes
         self._rsyslog_sd = rsyslog_sd
         self._template = CeeTemplate()
+        # (PRI digits, `hostname tag`) -> the line's header (the template's, for that frame's
+        # programname, hostname, tag and PRI); None: the tag is too long for the fast path
+        self._fast_headers: dict[tuple[bytes, bytes], bytes | None] = {}
         self._names: dict[str, str] = {}
         self.received = 0
         self.general = 0  # frames that took the general parser (odd shapes, control bytes)
@@ -169,24 +191,36 @@ class Pipeline:
         joined = frames[0] if len(frames) == 1 else b"".join(frames)
         clean = len(joined.translate(None, CONTROL_BYTES)) == len(joined)
         hostname = b""
+        last: re.Match[bytes] | None = None  # the last frame's, if it took the fast path
+        fast = self._fast_headers
+        plain = router is None and offered is None  # nothing needs the frame's fields
         for frame in frames:
             match = _match_3164(frame)
             if match is not None and (
                 clean or len(frame.translate(None, CONTROL_BYTES)) == len(frame)
             ):
-                pri_text, _, host, tag, program, body = match.groups()
-                if len(tag) <= TAG_MAX_BYTES:
-                    hostname, pri = host, PRI_VALUES[pri_text]
-                    key = (program, host, tag, pri)
-                    if router is None or router.decide(program, tag, pri, peer) is NO_ROUTE:
-                        if offered is not None:
-                            offered.append((frame, len(frame) - len(body), tag, program, pri))
-                        add_head(headers.get(key) or header_for(key))
+                if plain:
+                    pri_text, host_tag, body = match.group(1, 2, 6)
+                    head = fast.get((pri_text, host_tag)) or self._fast_header(match)
+                    if head is not None:
+                        last = match
+                        add_head(head)
                         add_body(body)
                         continue
+                else:
+                    pri_text, _, host, tag, program, body = match.groups()
+                    if len(tag) <= TAG_MAX_BYTES:
+                        last, pri = match, PRI_VALUES[pri_text]
+                        if router is None or router.decide(program, tag, pri, peer) is NO_ROUTE:
+                            if offered is not None:
+                                offered.append((frame, len(frame) - len(body), tag, program, pri))
+                            key = (program, host, tag, pri)
+                            add_head(headers.get(key) or header_for(key))
+                            add_body(body)
+                            continue
             self.general += 1  # (or a route claims it: routes need the whole message)
             message = self._parse(frame, peer, received_at)
-            hostname = message.hostname
+            last, hostname = None, message.hostname
             outcome = None if router is None else self._route(router, message, peer, timegenerated)
             if outcome is not None and outcome.dropped:
                 continue
@@ -195,6 +229,8 @@ class Pipeline:
             if outcome is None or outcome.ceelog:
                 add_head(template.middle(message))
                 add_body(b"")
+        if last is not None:
+            hostname = last[3]
         if forward is not None and offered:
             forward.take(offered, peer, received_at, lossless, self._parse)
         name = self._names.get(peer) or self._admit(peer, received_at)
@@ -205,6 +241,19 @@ class Pipeline:
             self.overflow += len(frames)
         elif self._observer is not None and observed:
             self._observer.observe(peer, hostname, received_at, observed)
+
+    def _fast_header(self, match: re.Match[bytes]) -> bytes | None:
+        """A fast-path frame's header, on a miss of the pipeline's cache: None if its tag is
+        too long (the general parser cuts it)."""
+        pri_text, host_tag, host, tag, program = match.group(1, 2, 3, 4, 5)
+        header = None
+        if len(tag) <= TAG_MAX_BYTES:
+            key = (program, host, tag, PRI_VALUES[pri_text])
+            header = self._template.headers.get(key) or self._template.header(key)
+        if len(self._fast_headers) >= HEADER_CACHE_ENTRIES:
+            self._fast_headers.clear()  # hostile variety: start over rather than grow
+        self._fast_headers[(pri_text, host_tag)] = header
+        return header
 
     def route_dropped(self) -> dict[str, int]:
         """Per route name: messages its `action = "drop"` took (drop routes only)."""

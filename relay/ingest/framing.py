@@ -47,6 +47,18 @@ _OCTET_HEAD: Final = re.compile(rb"([1-9][0-9]{0,5}) ")  # a whole `LEN SP` head
 
 _Handler = Callable[[bytes, int, list[bytes]], int]
 
+# octet counts already seen -> their value: a lookup costs a third of int() (a sender's lengths
+# repeat); bounded, so hostile variety only costs the int() it would anyway
+_COUNTS: dict[bytes, int] = {}
+_COUNTS_MAX = 8192
+
+
+def _count(digits: bytes) -> int:
+    count = int(digits)
+    if len(_COUNTS) < _COUNTS_MAX:
+        _COUNTS[digits] = count
+    return count
+
 
 def truncate_datagram(data: bytes, max_msg_bytes: int = MAX_MSG_BYTES) -> bytes:
     """UDP: one datagram is one message, cut to `max_msg_bytes` (even inside a UTF-8 character)."""
@@ -214,9 +226,11 @@ class Framer:
         count) is left to the state machine; returns where it stopped."""
         head, end = _OCTET_HEAD.match, len(data)
         limit = min(self.max_msg_bytes, self.max_frame_bytes)
+        counts = _COUNTS
         match = head(data, pos)
         while match is not None:
-            count = int(match[1])
+            digits = match[1]
+            count = counts.get(digits) or _count(digits)
             start = match.end()
             stop = start + count
             if count > limit or stop > end:

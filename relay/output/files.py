@@ -35,6 +35,7 @@ TORN_TAIL_SCAN_BYTES = 1024 * 1024  # longer than any line (8096 bytes escaped, 
 Schedule = Callable[[float, Callable[[], None]], object]
 # O_RDWR, not O_WRONLY: a reopened file's last bytes are read (see _heal_torn_tail)
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16  # buffers per writev
 
 
 class FileSink:
@@ -175,11 +176,10 @@ class FileSink:
 
     def _write(self, name: str) -> None:
         blocks = self._buffers.pop(name, None)
-        self._buffered_bytes.pop(name, None)
+        size = self._buffered_bytes.pop(name, 0)
         lines = self._buffered_lines.pop(name, 0)
         if not blocks:
             return
-        data = b"".join(blocks)
         try:
             fd = self._fd(name)
         except OSError as exc:
@@ -188,7 +188,7 @@ class FileSink:
         if self._shared:
             _lock(fd, fcntl.LOCK_EX)  # no other worker appends between write and cut-back
         try:
-            kept, error = self._write_lines(name, fd, data)
+            kept, error, data = self._write_blocks(name, fd, blocks, size)
         finally:
             if self._shared:
                 _lock(fd, fcntl.LOCK_UN)
@@ -200,17 +200,47 @@ class FileSink:
         if error is not None:
             self._failed(name, lines - count, error)
 
-    def _write_lines(self, name: str, fd: int, data: bytes) -> tuple[int, OSError | None]:
+    def _write_blocks(
+        self, name: str, fd: int, blocks: list[bytes], size: int
+    ) -> tuple[int, OSError | None, bytes]:
+        """Write the buffered blocks (`size` bytes in all) in one system call: (bytes of whole
+        lines written, the error that stopped the rest, the blocks as one bytes if they had to
+        be joined, else b"")."""
+        if len(blocks) == 1:
+            return (*self._write_lines(name, fd, blocks[0]), blocks[0])
+        if len(blocks) <= _IOV_MAX:
+            # writev: a busy file's flush would otherwise copy ~256 KiB into one bytes first
+            # (7 % of a TCP message's cost, measured); the kernel appends it as one write
+            try:
+                written = os.writev(fd, blocks)
+            except OSError:
+                written = 0  # (tried again below as one write, to get the error it gives)
+            if written == size:
+                return size, None, b""
+        else:
+            written = 0
+        # a short write (the disk is full) or too many blocks: the rest as one bytes
+        data = b"".join(blocks)
+        kept, error = self._write_lines(name, fd, data, written)
+        return kept, error, data
+
+    def _write_lines(
+        self, name: str, fd: int, data: bytes, done: int = 0
+    ) -> tuple[int, OSError | None]:
         """(bytes of whole lines written, the error that stopped the rest). After a short
         write the partial line is cut back before the rest is tried again (space may have
-        come back): so the rest never lands after another writer's line."""
+        come back): so the rest never lands after another writer's line. `done`: bytes of
+        `data` an earlier write already put in the file."""
         view = memoryview(data)
         kept = 0
         while kept < len(data):
-            try:
-                written = os.write(fd, view[kept:])
-            except OSError as exc:
-                return kept, exc
+            if done:
+                written, done = done, 0
+            else:
+                try:
+                    written = os.write(fd, view[kept:])
+                except OSError as exc:
+                    return kept, exc
             if kept + written == len(data):
                 return len(data), None
             whole = data.rfind(b"\n", kept, kept + written) + 1 or kept  # each line ends in LF

@@ -19,15 +19,20 @@ _CLOCK = rb"(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)"
 # long tag that then fails to match costs quadratic time.
 _PROGRAM = rb"[!-.0-9;-Z\\\]-~]*+"
 
+# The pieces of an RFC 3164 header (the tag's two groups: the tag, and its programname).
+RFC3164_TIMESTAMP = (
+    rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (?: [1-9]|0[1-9]|[12][0-9]|3[01]) "
+    + _CLOCK
+)
+RFC3164_HOSTNAME = rb"[A-Za-z0-9._-]{0,510}[A-Za-z0-9]"
+RFC3164_TAG = rb"((" + _PROGRAM + rb")[^: \x00-\x1f]*+:?)"
+PRI_FIELD = _PRI  # one group: the PRI's digits
+
 # Only the header: the body is what follows `match.end()`, and whether the frame has control
 # bytes is checked with `has_control` (bytes.translate is three times faster than a regex scan).
+# Groups: PRI, timestamp, hostname, tag, programname.
 RFC3164_HEADER = re.compile(
-    _PRI
-    + rb"((?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (?: [1-9]|0[1-9]|[12][0-9]|3[01]) "
-    + _CLOCK
-    + rb") ([A-Za-z0-9._-]{0,510}[A-Za-z0-9]) (("
-    + _PROGRAM
-    + rb")[^: \x00-\x1f]*+:?)"
+    _PRI + rb"(" + RFC3164_TIMESTAMP + rb") (" + RFC3164_HOSTNAME + rb") " + RFC3164_TAG
 )
 CONTROL_BYTES = bytes(range(0x20))
 
