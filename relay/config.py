@@ -72,6 +72,13 @@ class ListenConfig(Base, frozen=True, forbid_unknown_fields=True):
     tcp: bool = True
     rcvbuf_bytes: Annotated[int, msgspec.Meta(ge=0)] = 8 * 1024 * 1024
     """SO_RCVBUF for UDP sockets (SO_RCVBUFFORCE is tried first when running as root)."""
+    udp_batch_wait_s: NonNegativeFloat = 0.002
+    """While UDP traffic is steady, the socket is read this often instead of at every
+    datagram's wake-up, so that each read takes a batch (at 100,000 msg/s a fifth less CPU
+    per message); a read that finds the socket empty goes back to waking per datagram. Adds
+    at most this much to a line's delay (output.flush_interval_s adds more); the receive
+    buffer (rcvbuf_bytes) holds what arrives meanwhile, and the wait is shortened so that it
+    fills at most a quarter of it. 0: read at every wake-up."""
     max_message_bytes: MessageBytes = 8096
     """Messages are cut at this size, as rsyslog's maxMessageSize (default 8096)."""
     oversize: Literal["truncate", "split", "rsyslog"] = "truncate"
@@ -600,6 +607,8 @@ BOUNDS: dict[str, Bound] = {
     "listen.rcvbuf_bytes": Bound(0, _GiB, "the kernel keeps it, doubled, in an int; 0 leaves the "
                                  "system's default"),
     "listen.drain_timeout_s": Bound(0.01, 20, _GRACE),
+    "listen.udp_batch_wait_s": Bound(0.0001, 0.1, "below, the timer costs more than it saves; "
+                                     "above, a burst may outgrow the receive buffer", off=True),
     "listen.rate_limit_per_source": Bound(0.1, 1e7, "below, a source is all but silenced; above, "
                                           "it is more than the server can receive", off=True),
     "listen.rate_limit_burst": Bound(1, 1e7, "messages a source may send at once above its rate"),

@@ -185,6 +185,7 @@ class Server:
                     max_message_bytes=listen.max_message_bytes,
                     sources=self.sources,
                     rate_limit=self.rate_limit,
+                    batch_wait_s=listen.udp_batch_wait_s,
                 )
                 udp.start()
                 self.udp.append(udp)

@@ -171,3 +171,53 @@ def test_packed_senders_are_written_as_recvfrom_writes_them(key: bytes, address:
     if address.endswith("%lo") and socket.if_indextoname(1) != "lo":
         pytest.skip("interface 1 is not lo here")
     assert address_of(key) == address
+
+
+@pytest.mark.parametrize("use_recvmmsg", PATHS)
+async def test_steady_traffic_is_read_on_the_batch_timer(use_recvmmsg: bool) -> None:
+    """A wake-up that finds a datagram or two switches to reading every batch_wait_s: what
+    arrives meanwhile is read as one batch; a timed read that finds the socket empty goes
+    back to waking per datagram; close() still reads what the socket holds."""
+    if use_recvmmsg and not Batch.available():
+        pytest.skip("recvmmsg is Linux-only")
+    sock = bound("127.0.0.1")
+    target = sock.getsockname()
+    calls: list[list[bytes]] = []
+    listener = UdpListener(
+        sock,
+        lambda frames, _peer, _at: calls.append(list(frames)),
+        use_recvmmsg=use_recvmmsg,
+        batch_wait_s=0.2,
+    )
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.2", 0))
+
+    async def until(condition: object, what: str) -> None:
+        for _ in range(500):
+            if callable(condition) and condition():
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    try:
+        listener.start()
+        assert not listener.timed
+        sender.sendto(b"<13>first", target)
+        await until(lambda: listener.datagrams == 1, "the first datagram")
+        assert listener.timed  # switched in the same callback that read it
+        for i in range(5):
+            sender.sendto(b"<13>burst %d" % i, target)
+        await until(lambda: listener.datagrams == 6, "the burst")
+        assert calls[1] == [b"<13>burst %d" % i for i in range(5)]  # one read took them all
+        await until(lambda: not listener.timed, "the switch back")  # a timed read found none
+        sender.sendto(b"<13>after quiet", target)
+        await until(lambda: listener.datagrams == 7, "a datagram after the quiet")
+        assert calls[-1] == [b"<13>after quiet"] and listener.timed
+        for i in range(3):
+            sender.sendto(b"<13>at close %d" % i, target)
+        await asyncio.sleep(0.02)  # (queued in the kernel; the timer is still 0.2 s away)
+    finally:
+        listener.close()
+        sender.close()
+    assert calls[-1] == [b"<13>at close %d" % i for i in range(3)]
+    assert listener.messages == 10
