@@ -4,9 +4,11 @@
 #   docker build -t plura-relay .   # Docker with BuildKit (RUN --mount) and Docker Hub's base
 #
 # Stages: `python` (Debian 12 slim + python3) is the base of the other two; `builder` makes a
-# venv with the project in it (uvloop and msgspec come as manylinux wheels: no compiler); the
-# final image is `python` plus the venv and the default config, run as the unprivileged user
-# plura (uid 65532). tests/image builds and runs it.
+# venv with the project in it, its hot path compiled with mypyc (setup.py, PLURA_RELAY_MYPYC=1:
+# 5-10 % less CPU per message; gcc and the Python headers stay in the builder; uvloop and
+# msgspec come as manylinux wheels); the final image is `python` plus the venv and the default
+# config, run as the unprivileged user plura (uid 65532). tests/image builds and runs it.
+# `--build-arg MYPYC=0` builds the pure Python package instead.
 #
 # Behind a TLS-inspecting proxy pip needs the host's CA bundle. It is given to the one RUN that
 # runs pip as a build secret, never copied into a layer:
@@ -28,21 +30,25 @@ RUN apt-get update \
 FROM python AS builder
 # Lets scripts/build-image.sh remove the stale builder images of earlier builds.
 LABEL org.opencontainers.image.title="plura-relay-builder"
+ARG MYPYC=1
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3-venv \
+    && if [ "$MYPYC" = 1 ]; then \
+        apt-get install -y --no-install-recommends gcc libc6-dev python3-dev; fi \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/plura-relay
 # Only what the package needs, so that editing tests or docs does not invalidate this layer.
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md setup.py build_backend.py /src/
 COPY relay /src/relay
 # The image runs the server and installs nothing: pip and setuptools go after the install.
 RUN --mount=type=secret,id=pip-ca \
     set -eu; \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi; \
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_DEFAULT_TIMEOUT=120; \
-    /opt/plura-relay/bin/pip install --no-cache-dir "/src[kubernetes]"; \
+    PLURA_RELAY_MYPYC="$MYPYC" /opt/plura-relay/bin/pip install --no-cache-dir "/src[kubernetes]"; \
     /opt/plura-relay/bin/pip uninstall -y -q pip setuptools; \
-    /opt/plura-relay/bin/plura-relay --help >/dev/null
+    /opt/plura-relay/bin/plura-relay --help >/dev/null; \
+    /opt/plura-relay/bin/python -c 'import relay.pipeline as p, sys; sys.exit(sys.argv[1] == "1" and not p.__file__.endswith(".so"))' "$MYPYC"
 
 # --- final image --------------------------------------------------------------------------------
 FROM python

@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from loadtest import driver, forwarding, forwarding_report, gen, report, verify
-from loadtest.servers import ServerSpec, free_port, parse_servers, plura_relay_available
+from loadtest.servers import (
+    ServerSpec,
+    build_mypyc_tree,
+    free_port,
+    parse_servers,
+    plura_relay_available,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -77,6 +83,12 @@ def add_plan_options(p: argparse.ArgumentParser, defaults: driver.Plan) -> None:
         metavar="DIR",
         help="add plura-relay run from another checkout (e.g. `git worktree add --detach DIR "
         "REV`): before and after in one run (repeatable)",
+    )
+    p.add_argument(
+        "--plura-mypyc",
+        action="store_true",
+        help="add this checkout's plura-relay built with mypyc (PLURA_RELAY_MYPYC=1, as the "
+        "container image is built)",
     )
     p.add_argument("--reps", type=int, default=d.reps, help="repetitions of every figure")
     p.add_argument("--sources", type=int, default=d.sources, help="UDP/TCP source addresses")
@@ -165,10 +177,10 @@ def plan_from(args: argparse.Namespace, specs: list[ServerSpec]) -> driver.Plan:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    plan = plan_from(
-        args,
-        parse_servers(args.servers, args.plura_args, args.rsyslog_args, args.plura_tree),
-    )
+    specs = parse_servers(args.servers, args.plura_args, args.rsyslog_args, args.plura_tree)
+    if args.plura_mypyc:
+        specs.append(build_mypyc_tree(args.out_dir))
+    plan = plan_from(args, specs)
     results = driver.run_plan(plan)
     raw = plan.out_dir / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
     driver.save_results(results, raw)
