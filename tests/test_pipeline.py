@@ -28,6 +28,7 @@ HEADS = [
     b"<191>Dec 31 23:59:60 h.example.com a/b[1]: ", b"<0>Feb 29 00:00:00 x \"q\"\\: ",
     b"<13>Jan  5 10:11:12 host01 ", b"<13>1 2024-01-05T10:11:12Z host01 app 42 - - ",
     b"<13>Jan  5 10:11:12 su: ", b"no header at all ", b"<999>bad pri ",
+    b"<13>Jan  5 10:11:12 host01 " + b"t" * 520 + b"[1]: ",  # a tag over 510 bytes: general
 ]  # fmt: skip
 BODIES = st.binary(max_size=60) | st.text(max_size=40).map(str.encode)
 
