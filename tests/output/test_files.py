@@ -114,3 +114,36 @@ def test_a_half_written_last_line_is_cut_before_the_next_one(
     sink.close()
     assert (tmp_path / "ceelog-10.0.0.1.log").read_bytes() == after + b"new\n"
     assert sink.torn_tails == (after != before)
+
+
+@pytest.mark.parametrize("blocks", [2, 7, 40], ids=["two-blocks", "seven-blocks", "forty-blocks"])
+def test_a_flush_of_many_blocks_cut_short_by_the_disk_keeps_whole_lines(
+    disk: Path, blocks: int
+) -> None:
+    """A busy file's flush is one writev of its blocks; when the disk cuts it short (inside a
+    block or between two) the file still ends on a whole line and the counts are exact."""
+    sink = FileSink(disk)
+    _fill(disk, leave_bytes=3 * 4096 + 1500)
+    sent = 0
+    for b in range(blocks):  # one flush: every block buffered first
+        lines = [_line(f"b{b}", i) for i in range(120 // blocks)]
+        sink.extend(NAME, lines)
+        sent += len(lines)
+    sink.flush()
+    assert sink.lines_failed > 0 and sink.lines_written > 0
+    assert sink.lines_written + sink.lines_failed == sent
+    kept = _file_lines(disk / NAME)  # ends with LF, every line parses
+    assert len(kept) == sink.lines_written
+    assert sink.bytes_written == (disk / NAME).stat().st_size
+
+
+def test_a_flush_of_many_blocks_writes_them_all_in_order(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path)
+    expected = []
+    for b in range(5):
+        lines = [_line(f"b{b}", i) for i in range(3)]
+        expected += lines
+        sink.extend(NAME, lines)
+    sink.flush()
+    assert (tmp_path / NAME).read_bytes() == b"".join(expected)
+    assert sink.lines_written == 15 and sink.bytes_written == len(b"".join(expected))
