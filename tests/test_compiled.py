@@ -20,6 +20,8 @@ from typing import cast
 
 import pytest
 
+from loadtest.servers import build_mypyc_tree
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,7 +46,6 @@ HOT_PATH_TESTS = (
     "tests/parse/test_fast.py",
     "tests/fuzz/test_fuzz_quick.py",
 )
-PROJECT = ("relay", "tests", "fuzz", "setup.py", "build_backend.py", "pyproject.toml", "README.md")
 
 
 def _toolchain() -> str | None:
@@ -68,26 +69,15 @@ def compiled_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if missing:
         pytest.skip(f"compiled build: {missing}")
     base = tmp_path_factory.mktemp("mypyc")
-    src = base / "src"
-    ignore = shutil.ignore_patterns("__pycache__", "*.so", ".hypothesis")
-    for name in PROJECT:
+    # built as the load test builds it (loadtest.servers.build_mypyc_tree: `pip wheel` of a
+    # copy of the sources, unpacked); the project's tests go beside the compiled package
+    run = Path(build_mypyc_tree(base).tree)
+    for name in ("tests", "fuzz", "pyproject.toml"):
         path = ROOT / name
         if path.is_dir():
-            shutil.copytree(path, src / name, ignore=ignore)
+            shutil.copytree(path, run / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
-            shutil.copy2(path, src / name)
-    wheels = base / "wheels"
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--no-cache-dir", "-q", "-w", str(wheels), str(src)],
-        env={**os.environ, ENV: "1"}, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    (wheel,) = wheels.glob("*.whl")
-    run = base / "run"
-    shutil.copytree(src, run)
-    with zipfile.ZipFile(wheel) as archive:
-        archive.extractall(run)  # relay/ with its .so files, and the mypyc runtime library
+            shutil.copy2(path, run / name)
     return run
 
 
