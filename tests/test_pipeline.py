@@ -29,6 +29,9 @@ HEADS = [
     b"<13>Jan  5 10:11:12 host01 ", b"<13>1 2024-01-05T10:11:12Z host01 app 42 - - ",
     b"<13>Jan  5 10:11:12 su: ", b"no header at all ", b"<999>bad pri ",
     b"<13>Jan  5 10:11:12 host01 " + b"t" * 520 + b"[1]: ",  # a tag over 510 bytes: general
+    # prefixes of each other, the body going on with the tag: a frame sharing the previous
+    # one's header bytes takes its groups without the regex only if the regex reads no further
+    b"<13>Jan  5 10:11:12 host01 app", b"<13>Jan  5 10:11:12 host01 app[1]", b"<13>Jan  5 10:11:1",
 ]  # fmt: skip
 BODIES = st.binary(max_size=60) | st.text(max_size=40).map(str.encode)
 
