@@ -20,6 +20,7 @@ import socket
 import struct
 import sys
 from collections.abc import Callable
+from typing import Protocol, cast
 
 VLEN = 64
 MAX_SLOT_BYTES = 1 << 20  # all slots together: bounds the memory per socket
@@ -47,6 +48,12 @@ class _Msghdr(ctypes.Structure):
 
 class _Mmsghdr(ctypes.Structure):
     _fields_ = (("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint))
+
+
+class Slots(Protocol):
+    """The slots' bytes: slicing gives a bytes (a ctypes char array's slice)."""
+
+    def __getitem__(self, key: slice, /) -> bytes: ...
 
 
 _LEN_OFFSET = _Mmsghdr.msg_len.offset
@@ -93,8 +100,11 @@ class Batch:
             header.msg_namelen = _NAME_BYTES
             header.msg_iov = ctypes.pointer(self._iov[i])
             header.msg_iovlen = 1
-        self.data = memoryview(self._data).cast("B")
+        # a char array's slice is a bytes: one object per datagram (a memoryview's slice would
+        # be one more, and its tobytes() a call)
+        self.data = cast(Slots, self._data)
         """The slots: datagram i is data[i * slot : i * slot + its length]."""
+        self._starts = tuple(range(0, self.slot * self.vlen, self.slot))
         self._hdr_view = memoryview(self._hdrs).cast("B")
         self._names_view = memoryview(self._names).cast("B")
         # per slot the received length; per name the address (4 bytes of a sockaddr_in at 4;
@@ -119,6 +129,13 @@ class Batch:
                 return 0
             raise OSError(code, errno.errorcode.get(code, str(code)))
         return count
+
+    def datagrams(self, first: int, lengths: tuple[int, ...]) -> list[bytes]:
+        """Datagrams `first`, `first + 1`, ... of the last receive, of these lengths (each
+        at most `slot`: a datagram's real length may exceed what its slot kept)."""
+        data = self.data
+        starts = self._starts[first : first + len(lengths)]
+        return [data[start : start + length] for start, length in zip(starts, lengths, strict=True)]
 
     def lengths(self, count: int) -> tuple[int, ...]:
         return self._lengths[count].unpack_from(self._hdr_view)

@@ -137,6 +137,42 @@ async def test_more_than_one_wake_up_holds(use_recvmmsg: bool) -> None:
     assert [f for _, f in got] == [d for _, d in sends]
 
 
+A, B, C, D = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"  # D: not an allowed source
+RUN_SHAPES = {
+    # one sender's datagrams in a row are taken as one list; anything that is not such a run
+    # (and everything after it in that read) goes one by one: the frames must come out alike
+    "runs": [(A, 10, 20), (B, 5, 20), (A, 3, 20), (C, 20, 20)],
+    "interleaved after a run": [(A, 8, 20)] + [(h, 1, 20) for _ in range(10) for h in (A, B)],
+    "empty in a run": [(A, 5, 20), (A, 1, 0), (A, 5, 20), (B, 6, 20)],
+    "cut in a run": [(A, 5, 20), (A, 1, 150), (A, 5, 20), (B, 6, 20)],
+    "refused run": [(A, 10, 20), (D, 10, 20), (A, 10, 20), (D, 1, 20), (B, 2, 20)],
+    "a run over two calls": [(A, 100, 30), (B, 40, 30)],
+    "short runs": [(h, 3, 20) for _ in range(8) for h in (A, B, C)],
+}
+
+
+@pytest.mark.parametrize("use_recvmmsg", PATHS)
+@pytest.mark.parametrize("shape", list(RUN_SHAPES), ids=list(RUN_SHAPES))
+async def test_runs_of_one_sender_and_the_rest(use_recvmmsg: bool, shape: str) -> None:
+    datagrams = [(host, size) for host, count, size in RUN_SHAPES[shape] for _ in range(count)]
+    sends = [  # numbered, so order shows; size 0: an empty datagram; 150: cut at 100
+        (host, (b"%s %04d " % (host.encode(), n) + b"x" * size)[:size])
+        for n, (host, size) in enumerate(datagrams)
+    ]
+    got, listener = await receive(
+        use_recvmmsg, "127.0.0.1", sends, max_message_bytes=100,
+        sources=SourceFilter(["127.0.0.2/31", "127.0.0.4/32"]),
+    )  # fmt: skip
+    kept = [(h, d[:100]) for h, d in sends if d and h != D]
+    for host in (A, B, C):
+        assert [f for p, f in got if p == host] == [d for h, d in kept if h == host]
+    assert len(got) == len(kept)
+    assert listener.datagrams == len(sends)
+    assert listener.refused == sum(1 for h, d in sends if h == D and d)
+    assert listener.truncated == sum(1 for h, d in sends if h != D and len(d) > 100)
+    assert listener.bytes == sum(len(d) for h, d in sends if h != D)
+
+
 @pytest.mark.parametrize("use_recvmmsg", PATHS)
 @pytest.mark.parametrize(
     ("listen", "sender", "peer"),
