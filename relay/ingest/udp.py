@@ -3,8 +3,9 @@
 The socket is drained in batches when it becomes readable (as rsyslog's imudp does):
 up to BATCH_DATAGRAMS datagrams per wake-up, grouped by sender, each group handed on with one
 reception time. On Linux a batch is read with recvmmsg (ingest.recvmmsg: up to 64 datagrams per
-system call, senders as packed addresses mapped to their FROMHOST-IP by a dict); elsewhere, or
-with `use_recvmmsg=False`, one `recvfrom` per datagram.
+system call, senders as packed addresses mapped to their FROMHOST-IP by a dict; a run of one
+sender's datagrams is taken as one list); elsewhere, or with `use_recvmmsg=False`, one
+`recvfrom` per datagram.
 
 With `batch_wait_s`, steady traffic is read on a timer instead: a wake-up that found only a
 few datagrams switches to reading every `batch_wait_s` (the event loop's wake-up, the system
