@@ -38,6 +38,18 @@ DATAGRAM_TRUESIZE = 1280  # what a small datagram costs of SO_RCVBUF (measured, 
 _RECV_BYTES = 65535  # the largest datagram; longer than any message, cut below
 
 
+def run_end(senders: tuple[bytes, ...], first: int) -> int:
+    """Where the run of `senders[first]` that starts at `first` ends (the index after it)."""
+    key = senders[first]
+    end = first + senders[first:].count(key)  # C-level counts: a long run costs no loop
+    if senders[first:end].count(key) == end - first:
+        return end
+    end = first + 1  # it comes back later: another sender lies in between, before `end`
+    while senders[end] == key:
+        end += 1
+    return end
+
+
 def socket_drops(sock: socket.socket) -> int:
     """The kernel's count of datagrams dropped on this socket (full receive buffer), from
     /proc/net/udp(6): the line whose inode is the socket's."""
@@ -173,14 +185,8 @@ class UdpListener:
                 # datagram that is not in such a run, and all after it, go one by one.
                 first = 0
                 while first < received:
-                    key = senders[first]
-                    run = senders[first:].count(key)  # the sender's datagrams left
-                    end = first + run
-                    if senders[first:end].count(key) != run:  # it comes back later
-                        end = first + 1  # (another sender's datagram lies in between)
-                        while senders[end] == key:
-                            end += 1
-                        run = end - first
+                    key, end = senders[first], run_end(senders, first)
+                    run = end - first
                     if run < RUN_DATAGRAMS:
                         break  # interleaved senders
                     run_lengths = lengths[first:end]

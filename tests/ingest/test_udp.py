@@ -10,7 +10,7 @@ import pytest
 
 from relay.ingest.limits import SourceFilter
 from relay.ingest.recvmmsg import Batch, address_of
-from relay.ingest.udp import BATCH_DATAGRAMS, UdpListener
+from relay.ingest.udp import BATCH_DATAGRAMS, UdpListener, run_end
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -135,6 +135,17 @@ async def test_more_than_one_wake_up_holds(use_recvmmsg: bool) -> None:
     sends = [("127.0.0.2", b"%06d" % i) for i in range(count)]
     got, _ = await receive(use_recvmmsg, "127.0.0.1", sends)
     assert [f for _, f in got] == [d for _, d in sends]
+
+
+@pytest.mark.parametrize(
+    ("senders", "first", "end"),
+    [
+        (b"aaaa", 0, 4), (b"aaab", 0, 3), (b"abbb", 1, 4), (b"aaba", 0, 2), (b"abab", 0, 1),
+        (b"abaa", 2, 4), (b"a", 0, 1), (b"aabbbaab", 2, 5), (b"aabbbaab", 5, 7),
+    ],
+)  # fmt: skip
+def test_run_end(senders: bytes, first: int, end: int) -> None:
+    assert run_end(tuple(bytes([s]) for s in senders), first) == end
 
 
 A, B, C, D = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"  # D: not an allowed source
